@@ -1,0 +1,305 @@
+"""Builds distillation datasets: each teacher plays its game, every step recorded.
+
+    python -m multidistill.build_datasets --games=pong,qbert,freeway \
+        --num_agent_steps=50000
+
+The teacher acts epsilon-greedily (its own acting rule, see
+`multidistill.teachers.act`) in `--num_envs` environments stepped together;
+each vector step is one batched teacher call, whose outputs and last hidden
+layer are recorded with the frame. Completed episodes are appended to
+`<datasets_dir>/<game>.h5` until it holds at least `--num_agent_steps` steps;
+running again with a larger number adds to the file, with fresh seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from multidistill import acting, datasets, environments
+from multidistill import games as games_lib
+from multidistill import teachers as teachers_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """How one game's dataset is built.
+
+    Attributes:
+      num_agent_steps: the file holds at least this many agent steps when done
+        (whole episodes only, so it may hold a little more).
+      epsilon: probability of a uniformly random action instead of the
+        teacher's.
+      num_envs: environments stepped together (one teacher call per step).
+      num_threads: emulator threads (0: one per core).
+      seed: base seed for environments and exploration.
+    """
+
+    num_agent_steps: int = 50_000
+    epsilon: float = 0.05
+    num_envs: int = 16
+    num_threads: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_agent_steps < 1:
+            raise ValueError(f"num_agent_steps must be >= 1, found {self.num_agent_steps}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], found {self.epsilon}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, found {self.num_envs}")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Holds an exclusive lock on `path`.lock, or refuses at once."""
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise datasets.DatasetError(
+                f"dataset {path} is being written by another process (lock {lock_path} "
+                "is held): wait for it to finish, or stop it first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def dataset_path(datasets_dir: str | os.PathLike, game: str) -> Path:
+    return Path(datasets_dir) / f"{game}.h5"
+
+
+def _session_seed(seed: int, session: int) -> int:
+    return int(np.random.SeedSequence([seed, session]).generate_state(1)[0] % (2**31 - 1))
+
+
+def build_dataset(
+    teacher: teachers_lib.Teacher,
+    path: str | os.PathLike,
+    config: BuildConfig,
+    preprocessing: environments.Preprocessing,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Records `teacher` playing its game into the dataset at `path`.
+
+    Args:
+      teacher: the loaded teacher.
+      path: the HDF5 file; created, or continued if it exists and fits.
+      config: sizes and seeds.
+      preprocessing: the run's spec; must be the teacher's.
+      rebuild: delete an existing file first.
+      progress: show a progress bar.
+
+    Returns:
+      A summary: steps and episodes in the file, steps added, seconds,
+      agent steps per second.
+
+    Raises:
+      DatasetError: the existing file does not fit (other teacher or spec),
+        is damaged, or is locked by another builder.
+    """
+    path = Path(path)
+    game = games_lib.get_game(teacher.game, preprocessing.full_action_space)
+    with file_lock(path):
+        if rebuild and path.exists():
+            path.unlink()
+        writer = datasets.DatasetWriter(
+            path,
+            game=game.name,
+            rom_md5=game.rom_md5,
+            num_actions=teacher.num_actions,
+            feature_dim=teacher.feature_dim,
+            preprocessing=preprocessing,
+            teacher_sha256=teacher.sha256,
+            teacher_kind=teacher.kind,
+            teacher_path=str(teacher.path),
+            epsilon=config.epsilon,
+            seed=config.seed,
+        )
+        with writer:
+            return _fill(writer, teacher, game, config, preprocessing, progress)
+
+
+def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
+    start_steps = writer.num_agent_steps
+    summary = dict(game=game.name, path=str(writer.path), added_agent_steps=0)
+    if start_steps >= config.num_agent_steps:
+        return dict(summary, num_agent_steps=start_steps, num_episodes=writer.num_episodes,
+                    seconds=0.0, agent_steps_per_s=0.0)
+    seed = _session_seed(config.seed, len(writer.build_seeds))
+    writer.start_session(seed)
+    rng = np.random.default_rng(seed)
+    env = environments.make_vector_env(
+        game.name, preprocessing, config.num_envs, num_threads=config.num_threads)
+
+    def policy(observations):
+        outputs, features = teacher.label(observations)
+        return teacher.act(outputs, config.epsilon, rng), {
+            "outputs": outputs, "features": features}
+
+    buffers = [_EpisodeBuffer() for _ in range(config.num_envs)]
+    # Once the steps written plus those of the episodes under way reach the
+    # target, environments that finish an episode stop recording (the others
+    # finish theirs): whole episodes, and no recorded step thrown away.
+    recording = np.ones(config.num_envs, dtype=bool)
+    bar = _progress_bar(progress, config.num_agent_steps - start_steps, game.name)
+    t0 = time.perf_counter()
+    try:
+        for step in acting.play(env, policy, seed):
+            for i in np.flatnonzero(step.valid & recording):
+                buffers[i].add(step, i)
+                if not (step.terminated[i] or step.truncated[i]):
+                    continue
+                episode = buffers[i].take()
+                writer.append_episode(episode)
+                if bar is not None:
+                    bar.update(min(len(episode["frames"]), bar.total - bar.n))
+                    bar.set_postfix(episodes=writer.num_episodes,
+                                    mean_return=f"{writer.mean_episode_return:.1f}")
+                under_way = sum(len(b.rows) for b in buffers)
+                if writer.num_agent_steps + under_way >= config.num_agent_steps:
+                    recording[i] = False
+            if not recording.any():
+                break
+    finally:
+        env.close()
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    added = writer.num_agent_steps - start_steps
+    return dict(summary, num_agent_steps=writer.num_agent_steps,
+                num_episodes=writer.num_episodes, added_agent_steps=added,
+                seconds=seconds, agent_steps_per_s=added / max(seconds, 1e-9))
+
+
+class _EpisodeBuffer:
+    """The steps of one environment's current episode."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, step: acting.StepBatch, i: int):
+        self.rows.append((
+            step.observations[i, -1],
+            step.extras["outputs"][i],
+            step.extras["features"][i],
+            step.actions[i],
+            step.rewards[i],
+            step.terminated[i],
+            step.truncated[i],
+        ))
+
+    def take(self) -> dict[str, np.ndarray]:
+        cols = list(zip(*self.rows))
+        self.rows = []
+        return {
+            "frames": np.stack(cols[0]).astype(np.uint8),
+            "teacher_outputs": np.stack(cols[1]).astype(np.float32),
+            "teacher_features": np.stack(cols[2]).astype(np.float32),
+            "actions": np.asarray(cols[3], np.uint8),
+            "rewards": np.asarray(cols[4], np.float32),
+            "terminated": np.asarray(cols[5], bool),
+            "truncated": np.asarray(cols[6], bool),
+        }
+
+
+def _progress_bar(enabled: bool, total: int, game: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"build {game}", unit="step", dynamic_ncols=True,
+                smoothing=0.05)
+
+
+def ensure_datasets(
+    game_names, teachers_dir, datasets_dir, config: BuildConfig,
+    preprocessing: environments.Preprocessing, rebuild: bool = False,
+    allow_unsafe_teacher: bool = False, progress: bool = True,
+) -> dict[str, dict]:
+    """Loads each game's teacher and builds (or tops up) its dataset.
+
+    Returns:
+      Per game, the build summary.
+    """
+    summaries = {}
+    for game in game_names:
+        teacher = teachers_lib.load_teacher(
+            game, teachers_dir, preprocessing, allow_unsafe=allow_unsafe_teacher)
+        path = dataset_path(datasets_dir, game)
+        if path.exists() and not rebuild:
+            with datasets.Dataset(path) as ds:
+                ds.check_compatible(game, preprocessing, teacher.sha256)
+        summaries[game] = build_dataset(teacher, path, config, preprocessing,
+                                        rebuild=rebuild, progress=progress)
+    return summaries
+
+
+def main(argv):
+    del argv
+    from multidistill import cli
+
+    flags_ = cli.FLAGS
+    game_names = games_lib.parse_games(flags_.games)
+    preprocessing = cli.preprocessing_from_flags()
+    try:
+        config = BuildConfig(
+            num_agent_steps=flags_.num_agent_steps, epsilon=flags_.epsilon,
+            num_envs=flags_.num_envs, num_threads=flags_.num_threads, seed=flags_.seed)
+    except ValueError as e:
+        raise cli.UsageError(f"flags: {e}") from None
+    summaries = ensure_datasets(
+        game_names, flags_.teachers_dir, flags_.datasets_dir, config, preprocessing,
+        rebuild=flags_.rebuild_datasets, allow_unsafe_teacher=flags_.allow_unsafe_teacher)
+    for s in summaries.values():
+        print(f"{s['game']}: {s['path']} holds {s['num_agent_steps']} steps in "
+              f"{s['num_episodes']} episodes (+{s['added_agent_steps']} now, "
+              f"{s['agent_steps_per_s']:.0f} steps/s)")
+
+
+def define_flags():
+    from absl import flags
+
+    from multidistill import cli
+
+    flags.DEFINE_string("games", "pong,qbert,freeway",
+                        "Comma-separated games (ALE ROM ids, e.g. pong,qbert,freeway).")
+    flags.DEFINE_string("teachers_dir", str(teachers_lib.DEFAULT_TEACHERS_DIR),
+                        "Folder holding <game>.keras teachers and their <game>.json cards.")
+    flags.DEFINE_string("datasets_dir", "datasets",
+                        "Folder for the <game>.h5 dataset files.")
+    flags.DEFINE_integer("num_agent_steps", BuildConfig.num_agent_steps,
+                         "Agent steps (1 step = 4 emulator frames) each dataset holds "
+                         "when done; a larger number tops up an existing file.")
+    flags.DEFINE_float("epsilon", BuildConfig.epsilon,
+                       "Probability of a uniformly random action while recording.")
+    flags.DEFINE_integer("num_envs", BuildConfig.num_envs,
+                         "Environments stepped together (one batched teacher call per step).")
+    flags.DEFINE_integer("num_threads", BuildConfig.num_threads,
+                         "Emulator threads (0: one per CPU core).")
+    flags.DEFINE_integer("seed", BuildConfig.seed, "Base seed (environments, exploration).")
+    flags.DEFINE_bool("rebuild_datasets", False,
+                      "Delete existing dataset files and build them anew.")
+    flags.DEFINE_bool("allow_unsafe_teacher", False,
+                      "Allow teacher files that need unsafe Keras deserialisation "
+                      "(they can run code): only for files you trust.")
+    cli.define_preprocessing_flags()
+    cli.define_verbose_flag()
+
+
+if __name__ == "__main__":
+    from multidistill import cli
+
+    define_flags()
+    cli.run(main)

@@ -1,0 +1,296 @@
+"""Evaluation: any policy (student head or teacher) under one protocol, and reports.
+
+Protocol (the same for teachers and students, stated in every report):
+  * environments from the run's preprocessing spec: up to `noop_max` no-op
+    starts, sticky actions as set (0 by default), episodes capped at
+    `max_episode_frames` emulator frames (108,000 by default);
+  * the policy acts by its game's rule (argmax for Q-value teachers and
+    their students, a sample of the softmax for logit teachers and theirs),
+    with a uniformly random action with probability `epsilon` (0.05);
+  * `num_episodes` episodes, spread over `num_envs` environments with a
+    fixed quota each (so short episodes are not favoured), environment i
+    seeded with `seed + i`; the same seeds for every policy evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from multidistill import acting, environments
+from multidistill import games as games_lib
+from multidistill import teachers as teachers_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+    """How episodes are played for a score.
+
+    Attributes:
+      num_episodes: episodes per game and policy.
+      epsilon: probability of a uniformly random action.
+      num_envs: environments stepped together.
+      seed: environment i of the evaluation is reset with seed + i.
+      num_threads: emulator threads (0: one per core).
+    """
+
+    num_episodes: int = 10
+    epsilon: float = 0.05
+    num_envs: int = 8
+    seed: int = 1_000_000
+    num_threads: int = 0
+
+    def __post_init__(self):
+        if self.num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, found {self.num_episodes}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], found {self.epsilon}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, found {self.num_envs}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("num_threads")
+        return d
+
+
+@dataclasses.dataclass
+class Scores:
+    """Episode returns of one policy on one game."""
+
+    returns: list[float]
+    lengths: list[int]
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+    def to_dict(self) -> dict:
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "episodes": len(self.returns),
+            "returns": [float(r) for r in self.returns],
+            "lengths_agent_steps": [int(n) for n in self.lengths],
+            "seconds": self.seconds,
+        }
+
+
+def network_policy(predict: Callable[[np.ndarray], np.ndarray], kind: str, epsilon: float,
+                   rng: np.random.Generator) -> acting.Policy:
+    """A batched policy from a network's predict function and its acting rule."""
+
+    def policy(observations):
+        outputs = np.asarray(predict(observations))
+        return teachers_lib.act(outputs, kind, epsilon, rng), {}
+
+    return policy
+
+
+def evaluate(
+    game: str,
+    predict: Callable[[np.ndarray], np.ndarray],
+    kind: str,
+    preprocessing: environments.Preprocessing,
+    protocol: EvalProtocol,
+    progress: bool = True,
+    label: str = "",
+) -> Scores:
+    """Plays `protocol.num_episodes` episodes of `game` with a network.
+
+    Args:
+      game: ROM id.
+      predict: observations (B, S, H, W) uint8 -> outputs (B, A).
+      kind: acting rule, "q_values" (argmax) or "logits" (sample).
+      preprocessing: environment spec.
+      protocol: episodes, epsilon, seeds.
+      progress: show a progress bar counting episodes.
+      label: shown in the progress bar.
+
+    Returns:
+      The episode returns and lengths, in the order of (environment, episode).
+    """
+    n_envs = min(protocol.num_envs, protocol.num_episodes)
+    quota = np.full(n_envs, protocol.num_episodes // n_envs)
+    quota[: protocol.num_episodes % n_envs] += 1
+    rng = np.random.default_rng([protocol.seed, 7])
+    env = environments.make_vector_env(game, preprocessing, n_envs,
+                                       num_threads=protocol.num_threads)
+    policy = network_policy(predict, kind, protocol.epsilon, rng)
+    done = np.zeros(n_envs, dtype=int)
+    running_return = np.zeros(n_envs)
+    running_length = np.zeros(n_envs, dtype=int)
+    results: list[list[tuple[float, int]]] = [[] for _ in range(n_envs)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=protocol.num_episodes, desc=f"eval {label or game}",
+                   unit="episode", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for step in acting.play(env, policy, protocol.seed):
+            v = step.valid
+            running_return[v] += step.rewards[v]
+            running_length[v] += 1
+            ended = v & (step.terminated | step.truncated)
+            for i in np.flatnonzero(ended):
+                if done[i] < quota[i]:
+                    results[i].append((float(running_return[i]), int(running_length[i])))
+                    done[i] += 1
+                    if bar is not None:
+                        bar.update(1)
+                        all_returns = [r for rs in results for r, _ in rs]
+                        bar.set_postfix(mean_return=f"{np.mean(all_returns):.1f}")
+                running_return[i] = 0.0
+                running_length[i] = 0
+            if (done >= quota).all():
+                break
+    finally:
+        env.close()
+        if bar is not None:
+            bar.close()
+    flat = [x for rs in results for x in rs]
+    return Scores(returns=[r for r, _ in flat], lengths=[n for _, n in flat],
+                  seconds=time.perf_counter() - t0)
+
+
+def predict_fn(model) -> Callable[[np.ndarray], np.ndarray]:
+    """Batched inference through Keras' compiled predict path."""
+    return lambda obs: model.predict_on_batch(obs)
+
+
+def evaluate_student(student, games, teachers_dir, preprocessing, protocol,
+                     teacher_kinds: dict[str, str], progress=True) -> dict[str, Scores]:
+    out = {}
+    for game in games:
+        net = student.policy_network(game)
+        out[game] = evaluate(game, predict_fn(net), teacher_kinds[game], preprocessing,
+                             protocol, progress, label=f"{game} student")
+    return out
+
+
+# -- reports ---------------------------------------------------------------
+
+
+def _geometric_mean(values: list[float]) -> float | None:
+    if not values or any(v <= 0 for v in values):
+        return None
+    return float(math.exp(np.mean(np.log(values))))
+
+
+def make_report(student_scores: dict[str, Scores], teacher_scores: dict[str, dict],
+                protocol: EvalProtocol, preprocessing: environments.Preprocessing,
+                extra: dict | None = None) -> dict:
+    """Builds the report: per game teacher and student scores and ratios.
+
+    Args:
+      student_scores: per game, the student's episodes.
+      teacher_scores: per game, {"mean", "std", "episodes", "source"}.
+      protocol: the evaluation protocol.
+      preprocessing: the environment spec.
+      extra: more fields for the report (run name, training summary).
+
+    Returns:
+      The report as a JSON-ready dict.
+    """
+    rows = {}
+    ratios, ratios_above_random = [], []
+    for game, s in student_scores.items():
+        info = games_lib.get_game(game)
+        t = teacher_scores[game]
+        ratio = s.mean / t["mean"] if t["mean"] else None
+        rnd = info.random_score
+        above = None
+        if rnd is not None and t["mean"] != rnd:
+            above = (s.mean - rnd) / (t["mean"] - rnd)
+        rows[game] = {
+            "student": s.to_dict(),
+            "teacher": t,
+            "student_percent_of_teacher": None if ratio is None else 100 * ratio,
+            "student_percent_of_teacher_above_random": None if above is None else 100 * above,
+            "student_human_normalized": info.human_normalized(s.mean),
+            "teacher_human_normalized": info.human_normalized(t["mean"]),
+            "random_score": rnd,
+            "human_score": info.human_score,
+        }
+        if ratio is not None:
+            ratios.append(ratio)
+        if above is not None:
+            ratios_above_random.append(max(above, 0.01))
+    gm = _geometric_mean(ratios) if len(ratios) == len(rows) else None
+    return {
+        "games": rows,
+        "geometric_mean_percent_of_teacher": None if gm is None else 100 * gm,
+        "geometric_mean_percent_of_teacher_note": (
+            "Rusu et al.'s metric: geometric mean over games of student/teacher "
+            "mean score; undefined (null) when a ratio is <= 0, e.g. negative Pong scores"),
+        "geometric_mean_percent_of_teacher_above_random": (
+            None if len(ratios_above_random) != len(rows)
+            else 100 * _geometric_mean(ratios_above_random)),
+        "protocol": protocol.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        **(extra or {}),
+    }
+
+
+def _fmt(x, digits=1):
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}"
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        "| game | teacher | student | % of teacher | % of teacher (above random) "
+        "| student human-norm. |",
+        "|---|---|---|---|---|---|",
+    ]
+    for game, r in report["games"].items():
+        t, s = r["teacher"], r["student"]
+        lines.append(
+            f"| {game} | {_fmt(t['mean'])} ± {_fmt(t['std'])} | {_fmt(s['mean'])} ± "
+            f"{_fmt(s['std'])} | {_fmt(r['student_percent_of_teacher'])} | "
+            f"{_fmt(r['student_percent_of_teacher_above_random'])} | "
+            f"{_fmt(r['student_human_normalized'], 2)} |"
+        )
+    p = report["protocol"]
+    pre = report["preprocessing"]
+    lines += [
+        "",
+        f"Geometric mean of student/teacher: "
+        f"{_fmt(report['geometric_mean_percent_of_teacher'])} % "
+        f"(above random: {_fmt(report['geometric_mean_percent_of_teacher_above_random'])} %)",
+        "",
+        f"Protocol: {p['num_episodes']} episodes per game and policy, epsilon "
+        f"{p['epsilon']}, up to {pre['noop_max']} no-op starts, sticky actions "
+        f"{pre['sticky_action_prob']}, episodes capped at {pre['max_episode_frames']:,} "
+        f"frames, seeds {p['seed']}..{p['seed'] + p['num_envs'] - 1}. Teacher scores: "
+        + ", ".join(f"{g}: {r['teacher'].get('source', 'evaluated')}"
+                    for g, r in report["games"].items()) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"),
+                       (md_path, "# multidistill report\n\n" + report_markdown(report))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return json_path, md_path

@@ -1,0 +1,124 @@
+"""Distillation losses: pure functions of tensors, averaged over the batch.
+
+Notation for one sample: q_T the teacher's outputs (Q-values or logits) over
+the game's actions, z_S the student's logits, tau > 0 the temperature, m the
+action mask (1 for the game's actions, 0 for padding when games of different
+action counts share a batch). Softmaxes run over the masked actions only.
+
+All functions are written with `keras.ops` and run on every Keras backend.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+_NEG = -1e9
+
+
+def _masked(x, mask):
+    return ops.where(mask > 0, x, _NEG)
+
+
+def _ones_like_actions(x):
+    return ops.ones_like(x)
+
+
+def kl(teacher_outputs, student_logits, temperature=1.0, action_mask=None):
+    """Temperature-sharpened KL divergence, teacher || student (Rusu et al.).
+
+        p_T = softmax(q_T / tau),  log p_S = log_softmax(z_S)
+        loss = mean_batch  sum_a p_T(a) * (log p_T(a) - log p_S(a))
+
+    The temperature divides the teacher only: tau < 1 sharpens Q-values whose
+    action gaps are small (0.01 was best on Atari); tau = 1 keeps a policy
+    teacher's distribution as it is.
+
+    Args:
+      teacher_outputs: (B, A) float.
+      student_logits: (B, A) float.
+      temperature: scalar or (B,) per sample.
+      action_mask: (B, A) or (A,) of 0/1; None means all actions valid.
+
+    Returns:
+      Scalar, the batch mean.
+    """
+    teacher_outputs = ops.cast(teacher_outputs, "float32")
+    student_logits = ops.cast(student_logits, "float32")
+    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    tau = ops.cast(temperature, "float32")
+    if len(ops.shape(tau)) == 1:
+        tau = ops.expand_dims(tau, -1)
+    log_p_t = ops.log_softmax(_masked(teacher_outputs / tau, mask), axis=-1)
+    log_p_s = ops.log_softmax(_masked(student_logits, mask), axis=-1)
+    p_t = ops.exp(log_p_t) * mask
+    per_sample = ops.sum(ops.where(mask > 0, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
+    return ops.mean(per_sample)
+
+
+def nll(teacher_outputs, student_logits, temperature=None, action_mask=None):
+    """Negative log-likelihood of the teacher's best action.
+
+        a* = argmax_a q_T(a)
+        loss = mean_batch  -log softmax(z_S)(a*)
+
+    `temperature` is accepted (and ignored) so all policy losses share one
+    signature.
+    """
+    del temperature
+    teacher_outputs = ops.cast(teacher_outputs, "float32")
+    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    best = ops.argmax(_masked(teacher_outputs, mask), axis=-1)
+    log_p_s = ops.log_softmax(_masked(ops.cast(student_logits, "float32"), mask), axis=-1)
+    picked = ops.sum(log_p_s * ops.one_hot(best, ops.shape(log_p_s)[-1]), axis=-1)
+    return -ops.mean(picked)
+
+
+def mse(teacher_outputs, student_logits, temperature=None, action_mask=None):
+    """Squared error between teacher outputs and student outputs.
+
+        loss = mean_batch  sum_a m(a) * (q_T(a) - z_S(a))^2
+
+    `temperature` is accepted (and ignored) so all policy losses share one
+    signature.
+    """
+    del temperature
+    teacher_outputs = ops.cast(teacher_outputs, "float32")
+    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    diff = teacher_outputs - ops.cast(student_logits, "float32")
+    return ops.mean(ops.sum(ops.where(mask > 0, ops.square(diff), 0.0), axis=-1))
+
+
+def feature_regression(student_projection, teacher_features, feature_mask=None):
+    """Actor-Mimic feature regression (before its weight beta).
+
+        loss = mean_batch  || f_game(h_S) - h_T ||^2
+
+    where f_game(h_S) is the student's projection of its shared hidden layer
+    for the sample's game and h_T the teacher's last hidden layer; dimensions
+    outside `feature_mask` (padding) are ignored.
+    """
+    diff = ops.cast(student_projection, "float32") - ops.cast(teacher_features, "float32")
+    sq = ops.square(diff)
+    if feature_mask is not None:
+        sq = ops.where(feature_mask > 0, sq, 0.0)
+    return ops.mean(ops.sum(sq, axis=-1))
+
+
+def top1_agreement(teacher_outputs, student_logits, action_mask=None):
+    """Fraction of samples where argmax student == argmax teacher."""
+    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    a_t = ops.argmax(_masked(ops.cast(teacher_outputs, "float32"), mask), axis=-1)
+    a_s = ops.argmax(_masked(ops.cast(student_logits, "float32"), mask), axis=-1)
+    return ops.mean(ops.cast(ops.equal(a_t, a_s), "float32"))
+
+
+POLICY_LOSSES = {"kl": kl, "nll": nll, "mse": mse}
+
+
+def policy_loss(name, teacher_outputs, student_logits, action_mask=None, temperature=1.0):
+    """Dispatches to the policy loss called `name` (kl, nll or mse)."""
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown loss {name!r}: expected one of {sorted(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name](
+        teacher_outputs, student_logits, temperature=temperature, action_mask=action_mask
+    )

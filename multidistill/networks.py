@@ -1,0 +1,285 @@
+"""Keras networks: the single-game teacher network and the multi-task student.
+
+All networks take uint8 observations shaped (frame_stack, height, width), as
+the environments return them, and do the rest themselves (scale to [0, 1],
+move channels last for the convolutions), so callers never convert frames.
+
+Sizes (Rusu et al. 2016, Table 3): the Nature-DQN trunk has conv filters
+32/64/64 and a 512-unit hidden layer; the compressed students are
+
+    net1: 16/32/32, 256      net2: 16/16/16, 128      net3: 16/16/16, 64
+
+The multi-task student shares the trunk (convs + hidden layer) and has, per
+game, a `head_units` hidden layer and a linear output sized to that game's
+actions, plus a linear projection of the shared hidden layer onto the game's
+teacher features (Actor-Mimic feature regression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+# Conv filters and hidden units of each named size.
+STUDENT_SIZES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "dqn": ((32, 64, 64), 512),
+    "net1": ((16, 32, 32), 256),
+    "net2": ((16, 16, 16), 128),
+    "net3": ((16, 16, 16), 64),
+}
+
+# Kernel sizes and strides of the three Nature-DQN convolutions.
+_CONV_SHAPES = ((8, 4), (4, 2), (3, 1))
+
+# Logit given to actions a game does not have, so that softmax gives them
+# (numerically) zero probability without producing NaNs.
+MASKED_LOGIT = -1e9
+
+
+def _trunk_layers(
+    conv_filters: Sequence[int], fc_units: int, prefix: str, hidden_name: str = "hidden"
+) -> list:
+    """Scale, channels-last, three convolutions, flatten, one hidden layer."""
+    out = [
+        layers.Rescaling(1.0 / 255.0, name=f"{prefix}scale"),
+        layers.Permute((2, 3, 1), name=f"{prefix}channels_last"),
+    ]
+    for i, (filters, (kernel, stride)) in enumerate(zip(conv_filters, _CONV_SHAPES)):
+        out.append(
+            layers.Conv2D(
+                filters, kernel, strides=stride, activation="relu", name=f"{prefix}conv{i}"
+            )
+        )
+    out.append(layers.Flatten(name=f"{prefix}flatten"))
+    out.append(layers.Dense(fc_units, activation="relu", name=f"{prefix}{hidden_name}"))
+    return out
+
+
+def build_teacher_network(
+    num_actions: int,
+    observation_shape: Sequence[int] = (4, 84, 84),
+    conv_filters: Sequence[int] = (32, 64, 64),
+    fc_units: int = 512,
+    with_value: bool = False,
+    name: str = "teacher",
+) -> keras.Model:
+    """The Nature-DQN network for one game.
+
+    Args:
+      num_actions: outputs (Q-values or policy logits), one per action.
+      observation_shape: (frame_stack, height, width).
+      conv_filters: filters of the three convolutions.
+      fc_units: units of the last hidden layer (the teacher's features).
+      with_value: also output a state value (actor-critic training).
+      name: model name.
+
+    Returns:
+      A functional model frames(uint8) -> outputs (and value, if asked). The
+      last hidden layer is named `features`: the distiller records it for
+      feature regression.
+    """
+    frames = keras.Input(shape=tuple(observation_shape), dtype="uint8", name="frames")
+    x = frames
+    trunk = _trunk_layers(conv_filters, fc_units, prefix="", hidden_name="features")
+    for layer in trunk:
+        x = layer(x)
+    outputs = layers.Dense(num_actions, name="outputs")(x)
+    if with_value:
+        value = layers.Dense(1, name="value")(x)
+        return keras.Model(frames, [outputs, value], name=name)
+    return keras.Model(frames, outputs, name=name)
+
+
+@keras.saving.register_keras_serializable(package="multidistill")
+class MultiTaskStudent(keras.Model):
+    """One shared trunk, one hidden layer and output head per game.
+
+    Inputs: a dict with `frames` (B, stack, H, W) uint8 and `game_id` (B,)
+    int32, the index of each sample's game in `games`.
+
+    Outputs: a dict with
+      `logits`: (B, max_actions) the sample's game head; actions beyond that
+        game's count hold MASKED_LOGIT.
+      `features`: (B, max_feature_dim) the projection of the shared hidden
+        layer for the sample's game; positions beyond that game's teacher
+        feature size are zero.
+
+    The distillation loss is computed by `compute_loss` from the settings
+    given here (`loss`, `temperatures`, `feature_beta`), so `fit()`, its
+    callbacks and every Keras backend work unchanged.
+
+    The saved `.keras` file carries the games, their action counts, the
+    preprocessing spec (as a dict) and the training config; it loads with
+    `keras.saving.load_model` once `multidistill` is imported.
+    """
+
+    def __init__(
+        self,
+        games: Sequence[str],
+        num_actions: Sequence[int],
+        feature_dims: Sequence[int] | None = None,
+        conv_filters: Sequence[int] = (32, 64, 64),
+        fc_units: int = 512,
+        head_units: int = 128,
+        observation_shape: Sequence[int] = (4, 84, 84),
+        loss: str = "kl",
+        temperatures: Sequence[float] | None = None,
+        feature_beta: float = 0.0,
+        preprocessing: dict[str, Any] | None = None,
+        training_config: dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        from multidistill import losses as losses_lib
+
+        self.games = list(games)
+        self.num_actions = [int(a) for a in num_actions]
+        if len(self.num_actions) != len(self.games):
+            raise ValueError(
+                f"num_actions has {len(self.num_actions)} entries for "
+                f"{len(self.games)} games"
+            )
+        self.feature_dims = [int(f) for f in (feature_dims or [0] * len(self.games))]
+        self.conv_filters = [int(f) for f in conv_filters]
+        self.fc_units = int(fc_units)
+        self.head_units = int(head_units)
+        self.observation_shape = [int(s) for s in observation_shape]
+        if loss not in losses_lib.POLICY_LOSSES:
+            raise ValueError(
+                f"loss {loss!r} is unknown: expected one of {sorted(losses_lib.POLICY_LOSSES)}"
+            )
+        self.loss_name = loss
+        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(self.games))]
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be > 0, found {self.temperatures}")
+        self.feature_beta = float(feature_beta)
+        self.preprocessing = dict(preprocessing or {})
+        self.training_config = dict(training_config or {})
+
+        self.max_actions = max(self.num_actions)
+        self.max_feature_dim = max(self.feature_dims + [1])
+        self.trunk = _trunk_layers(self.conv_filters, self.fc_units, prefix="shared_")
+        self.game_hidden = [
+            layers.Dense(self.head_units, activation="relu", name=f"{g}_hidden")
+            for g in self.games
+        ]
+        self.game_heads = [
+            layers.Dense(a, name=f"{g}_logits") for g, a in zip(self.games, self.num_actions)
+        ]
+        self.feature_projections = [
+            layers.Dense(max(f, 1), name=f"{g}_feature_projection")
+            for g, f in zip(self.games, self.feature_dims)
+        ]
+        # (games, max_actions) 1 where the game has that action.
+        self._action_mask = ops.convert_to_tensor(
+            [[1.0 if a < n else 0.0 for a in range(self.max_actions)] for n in self.num_actions]
+        )
+        self._feature_mask = ops.convert_to_tensor(
+            [[1.0 if i < f else 0.0 for i in range(self.max_feature_dim)]
+             for f in self.feature_dims]
+        )
+        self._temperatures = ops.convert_to_tensor(self.temperatures)
+
+    # -- forward ----------------------------------------------------------
+
+    def shared_hidden(self, frames):
+        x = frames
+        for layer in self.trunk:
+            x = layer(x)
+        return x
+
+    def game_logits(self, hidden, game_index: int):
+        """Logits of one game's head, (B, num_actions[game_index])."""
+        return self.game_heads[game_index](self.game_hidden[game_index](hidden))
+
+    def call(self, inputs):
+        frames, game_id = inputs["frames"], inputs["game_id"]
+        hidden = self.shared_hidden(frames)
+        one_hot = ops.one_hot(ops.cast(game_id, "int32"), len(self.games))  # (B, G)
+        logits, features = 0.0, 0.0
+        for g in range(len(self.games)):
+            lg = self.game_logits(hidden, g)
+            pad = self.max_actions - self.num_actions[g]
+            if pad:
+                lg = ops.pad(lg, [[0, 0], [0, pad]], constant_values=MASKED_LOGIT)
+            logits = logits + one_hot[:, g : g + 1] * lg
+            ft = self.feature_projections[g](hidden)
+            pad = self.max_feature_dim - ft.shape[-1]
+            if pad:
+                ft = ops.pad(ft, [[0, 0], [0, pad]])
+            features = features + one_hot[:, g : g + 1] * ft * self._feature_mask[g]
+        # Masked actions get exactly MASKED_LOGIT (the one-hot sum above would
+        # otherwise leave 0 for a game whose head is shorter).
+        action_mask = ops.take(self._action_mask, ops.cast(game_id, "int32"), axis=0)
+        logits = ops.where(action_mask > 0, logits, MASKED_LOGIT)
+        return {"logits": logits, "features": features}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Distillation loss of a batch (see `multidistill.losses`)."""
+        from multidistill import losses as losses_lib
+
+        game_id = ops.cast(x["game_id"], "int32")
+        loss = losses_lib.policy_loss(
+            self.loss_name,
+            y["teacher_outputs"],
+            y_pred["logits"],
+            action_mask=ops.take(self._action_mask, game_id, axis=0),
+            temperature=ops.take(self._temperatures, game_id, axis=0),
+        )
+        if self.feature_beta > 0:
+            loss = loss + self.feature_beta * losses_lib.feature_regression(
+                y_pred["features"],
+                ops.cast(y["teacher_features"], "float32"),
+                feature_mask=ops.take(self._feature_mask, game_id, axis=0),
+            )
+        return loss
+
+    # -- acting -----------------------------------------------------------
+
+    def policy_network(self, game: str) -> keras.Model:
+        """A functional model frames -> logits of `game`'s head only.
+
+        It shares weights with the student; use it to act in one game (it
+        skips the other games' heads).
+        """
+        if game not in self.games:
+            raise ValueError(f"the student has no head for {game!r}: it has {self.games}")
+        g = self.games.index(game)
+        frames = keras.Input(shape=tuple(self.observation_shape), dtype="uint8", name="frames")
+        logits = self.game_logits(self.shared_hidden(frames), g)
+        return keras.Model(frames, logits, name=f"student_{game}")
+
+    # -- saving -----------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            games=self.games,
+            num_actions=self.num_actions,
+            feature_dims=self.feature_dims,
+            conv_filters=self.conv_filters,
+            fc_units=self.fc_units,
+            head_units=self.head_units,
+            observation_shape=self.observation_shape,
+            loss=self.loss_name,
+            temperatures=self.temperatures,
+            feature_beta=self.feature_beta,
+            preprocessing=self.preprocessing,
+            training_config=self.training_config,
+        )
+        return config
+
+    def build_for_inputs(self):
+        """Creates the weights by running one dummy batch."""
+        import numpy as np
+
+        self(
+            {
+                "frames": np.zeros([1] + self.observation_shape, np.uint8),
+                "game_id": np.zeros([1], np.int32),
+            }
+        )
+        return self

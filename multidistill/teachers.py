@@ -1,0 +1,306 @@
+"""Teachers: a Keras file `<dir>/<game>.keras` plus a JSON card `<dir>/<game>.json`.
+
+The card says what the network is and how far to trust it:
+
+    {
+      "format": "multidistill-teacher/1",
+      "game": "pong",
+      "kind": "q_values" | "logits",
+      "num_actions": 6,
+      "preprocessing": {...},          # environments.Preprocessing fields
+      "feature_layer": "features",     # last hidden layer, for feature regression
+      "evaluation": {"mean": .., "std": .., "episodes": .., "protocol": {..}},
+      "training": {"algorithm": .., "num_env_frames": .., "wall_clock_s": ..,
+                   "hardware": .., "command": ..}
+    }
+
+How a teacher acts (the same rule in dataset building and evaluation): a
+`q_values` teacher takes argmax_a q(a); a `logits` teacher samples from
+softmax(logits); on top of either, a uniformly random action with
+probability epsilon.
+
+Loading uses Keras safe mode: a file that would run arbitrary code (a Lambda
+layer, say) is refused unless the caller allows it explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multidistill import environments
+from multidistill import games as games_lib
+
+CARD_FORMAT = "multidistill-teacher/1"
+KINDS = ("q_values", "logits")
+DEFAULT_TEACHERS_DIR = Path(__file__).resolve().parent.parent / "teachers"
+
+
+class TeacherError(ValueError):
+    """A teacher file or card is missing or does not fit the game."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def teacher_paths(game: str, teachers_dir: str | os.PathLike) -> tuple[Path, Path]:
+    d = Path(teachers_dir)
+    return d / f"{game}.keras", d / f"{game}.json"
+
+
+def _how_to_supply(game: str, teachers_dir: Path) -> str:
+    return (
+        f"train one with `python -m multidistill.train_teacher --game={game}`, "
+        f"or put your own network at {teachers_dir / (game + '.keras')} with a card "
+        f"{teachers_dir / (game + '.json')} (see README, 'Bring your own teacher')"
+    )
+
+
+def act(outputs: np.ndarray, kind: str, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """Chooses one action per row of `outputs` by the teacher's acting rule.
+
+    Args:
+      outputs: (B, A) Q-values or logits.
+      kind: "q_values" (argmax) or "logits" (sample from the softmax).
+      epsilon: probability of a uniformly random action instead.
+      rng: source of randomness.
+
+    Returns:
+      (B,) int32 actions.
+    """
+    b, a = outputs.shape
+    if kind == "q_values":
+        actions = np.argmax(outputs, axis=1)
+    elif kind == "logits":
+        z = outputs - outputs.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        cdf = np.cumsum(p, axis=1)
+        u = rng.random(b)[:, None] * cdf[:, -1:]
+        actions = np.minimum((cdf < u).sum(axis=1), a - 1)
+    else:
+        raise ValueError(f"unknown teacher kind {kind!r}: expected one of {KINDS}")
+    if epsilon > 0:
+        explore = rng.random(b) < epsilon
+        actions = np.where(explore, rng.integers(0, a, size=b), actions)
+    return actions.astype(np.int32)
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A loaded teacher, ready to label observations.
+
+    Attributes:
+      game: ROM id.
+      kind: "q_values" or "logits".
+      model: the Keras model as stored (frames -> outputs).
+      card: the card's contents.
+      path: the `.keras` file.
+      sha256: checksum of the `.keras` file.
+    """
+
+    game: str
+    kind: str
+    model: Any
+    card: dict
+    path: Path
+    sha256: str
+    _labeller: Any = None
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.model.outputs[0].shape[-1])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.labeller.outputs[1].shape[-1])
+
+    @property
+    def preprocessing(self) -> environments.Preprocessing:
+        return environments.Preprocessing.from_dict(self.card["preprocessing"])
+
+    @property
+    def labeller(self):
+        """A model frames -> [outputs, last hidden layer], sharing weights."""
+        if self._labeller is None:
+            import keras
+
+            name = self.card.get("feature_layer", "features")
+            try:
+                feats = self.model.get_layer(name).output
+            except ValueError:
+                feats = self.model.layers[-1].input
+            self._labeller = keras.Model(self.model.inputs, [self.model.outputs[0], feats])
+        return self._labeller
+
+    def label(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher outputs (B, A) and features (B, F), float32, for a batch."""
+        outputs, features = self.labeller.predict_on_batch(observations)
+        return np.asarray(outputs, np.float32), np.asarray(features, np.float32)
+
+    def act(self, outputs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+        return act(outputs, self.kind, epsilon, rng)
+
+
+def write_card(path: str | os.PathLike, card: dict) -> None:
+    """Writes a card atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def save_teacher(
+    model,
+    game: str,
+    kind: str,
+    preprocessing: environments.Preprocessing,
+    teachers_dir: str | os.PathLike,
+    evaluation: dict | None = None,
+    training: dict | None = None,
+) -> tuple[Path, Path]:
+    """Saves `model` as `<dir>/<game>.keras` with its card, atomically.
+
+    Returns:
+      The paths of the Keras file and of the card.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, found {kind!r}")
+    model_path, card_path = teacher_paths(game, teachers_dir)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(model_path.stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, model_path)
+    card = {
+        "format": CARD_FORMAT,
+        "game": game,
+        "kind": kind,
+        "num_actions": int(model.outputs[0].shape[-1]),
+        "preprocessing": preprocessing.to_dict(),
+        "feature_layer": "features",
+        "keras_sha256": sha256_of(model_path),
+        "evaluation": evaluation or {},
+        "training": training or {},
+    }
+    write_card(card_path, card)
+    return model_path, card_path
+
+
+def read_card(card_path: Path, game: str, teachers_dir: Path) -> dict:
+    if not card_path.exists():
+        raise TeacherError(
+            f"teacher card {card_path} is missing (the Keras file is there): "
+            f"expected a JSON card beside it; {_how_to_supply(game, teachers_dir)}"
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TeacherError(f"teacher card {card_path} is not valid JSON: {e}") from None
+    if not isinstance(card, dict):
+        raise TeacherError(f"teacher card {card_path}: expected a JSON object")
+    missing = [k for k in ("game", "kind", "preprocessing") if k not in card]
+    if missing:
+        raise TeacherError(f"teacher card {card_path}: missing fields {missing}")
+    if card["kind"] not in KINDS:
+        raise TeacherError(
+            f"teacher card {card_path}: kind must be one of {list(KINDS)}, "
+            f"found {card['kind']!r}"
+        )
+    if games_lib.get_game(card["game"]).name != game:
+        raise TeacherError(
+            f"teacher card {card_path} is for game {card['game']!r}, expected {game!r}"
+        )
+    return card
+
+
+def load_teacher(
+    game: str,
+    teachers_dir: str | os.PathLike = DEFAULT_TEACHERS_DIR,
+    preprocessing: environments.Preprocessing | None = None,
+    allow_unsafe: bool = False,
+) -> Teacher:
+    """Loads and checks the teacher of `game`.
+
+    Args:
+      game: ROM id.
+      teachers_dir: folder holding `<game>.keras` and `<game>.json`.
+      preprocessing: if given, the teacher's card must state this spec.
+      allow_unsafe: let Keras deserialise code (Lambda layers); only for
+        files you trust.
+
+    Returns:
+      The teacher.
+
+    Raises:
+      TeacherError: file or card missing or unreadable, not a Keras model,
+        needs unsafe deserialisation, or its action count, input shape or
+        preprocessing does not match the game.
+    """
+    import keras
+
+    teachers_dir = Path(teachers_dir)
+    game_info = games_lib.get_game(game)
+    model_path, card_path = teacher_paths(game, teachers_dir)
+    if not model_path.exists():
+        raise TeacherError(
+            f"no teacher for {game!r}: looked for {model_path}; "
+            f"{_how_to_supply(game, teachers_dir)}"
+        )
+    card = read_card(card_path, game, teachers_dir)
+    try:
+        spec = environments.Preprocessing.from_dict(card["preprocessing"], str(card_path))
+    except (TypeError, ValueError) as e:
+        raise TeacherError(f"teacher card {card_path}: {e}") from None
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=not allow_unsafe, compile=False)
+    except Exception as e:  # Keras raises many types for a bad file.
+        text = str(e)
+        if "safe_mode" in text or "unsafe" in text.lower() or "lambda" in text.lower():
+            raise TeacherError(
+                f"teacher {model_path} needs unsafe deserialisation (it holds code, "
+                f"e.g. a Lambda layer): refused; pass --allow_unsafe_teacher only "
+                f"if you trust the file"
+            ) from None
+        raise TeacherError(
+            f"teacher {model_path} is not a loadable Keras model: {type(e).__name__}: "
+            f"{text.splitlines()[0] if text else ''}"
+        ) from None
+    expected_obs = spec.observation_shape
+    found_obs = tuple(model.inputs[0].shape[1:])
+    if len(model.inputs) != 1 or found_obs != expected_obs:
+        raise TeacherError(
+            f"teacher {model_path} takes inputs of shape {found_obs}, expected one "
+            f"input of shape {expected_obs} (frame_stack, height, width) uint8"
+        )
+    found_actions = int(model.outputs[0].shape[-1])
+    if found_actions != game_info.num_actions or card.get("num_actions", found_actions) != (
+        found_actions
+    ):
+        raise TeacherError(
+            f"teacher {model_path} has {found_actions} outputs (card says "
+            f"{card.get('num_actions')}), expected {game_info.num_actions}: the "
+            f"minimal action set of {game} ({', '.join(game_info.action_meanings)})"
+        )
+    if preprocessing is not None and spec != preprocessing:
+        raise TeacherError(
+            f"teacher {model_path} was trained with another preprocessing than asked "
+            f"for: {'; '.join(spec.differences(preprocessing))}"
+        )
+    return Teacher(
+        game=game,
+        kind=card["kind"],
+        model=model,
+        card=card,
+        path=model_path,
+        sha256=sha256_of(model_path),
+    )
