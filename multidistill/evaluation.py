@@ -172,14 +172,52 @@ def predict_fn(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda obs: model.predict_on_batch(obs)
 
 
-def evaluate_student(student, games, teachers_dir, preprocessing, protocol,
-                     teacher_kinds: dict[str, str], progress=True) -> dict[str, Scores]:
-    out = {}
+def teacher_kinds_of(student) -> dict[str, str]:
+    """Per game, the kind of teacher the student learned from (its acting rule)."""
+    kinds = student.training_config.get("teacher_kinds") or ["q_values"] * len(student.games)
+    return dict(zip(student.games, kinds))
+
+
+def evaluate_run(student, games, teachers_dir, preprocessing: environments.Preprocessing,
+                 protocol: EvalProtocol, evaluate_teachers: bool = True,
+                 out_dir: str | os.PathLike | None = None, progress: bool = True,
+                 extra: dict | None = None) -> dict:
+    """Evaluates the student on `games` (and their teachers), writes the report.
+
+    Teachers are played under the same protocol and seeds as the student
+    when `evaluate_teachers`; otherwise the score on their card is used.
+
+    Returns:
+      The report (see `make_report`), also written to `out_dir` if given.
+    """
+    missing = [g for g in games if g not in student.games]
+    if missing:
+        raise ValueError(
+            f"--games names {missing}, which the student has no head for: it was "
+            f"trained on {student.games}")
+    kinds = teacher_kinds_of(student)
+    student_scores, teacher_scores = {}, {}
     for game in games:
+        if evaluate_teachers:
+            teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing)
+            s = evaluate(game, predict_fn(teacher.model), teacher.kind, preprocessing,
+                         protocol, progress, label=f"{game} teacher")
+            teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
+        else:
+            _, card_path = teachers_lib.teacher_paths(game, teachers_dir)
+            card = teachers_lib.read_card(card_path, game, Path(teachers_dir))
+            ev = card.get("evaluation") or {}
+            if "mean" not in ev:
+                raise ValueError(f"teacher card {card_path} holds no evaluation score: "
+                                 "evaluate the teachers (--evaluate_teachers)")
+            teacher_scores[game] = dict(ev, source=f"card ({ev.get('episodes')} episodes)")
         net = student.policy_network(game)
-        out[game] = evaluate(game, predict_fn(net), teacher_kinds[game], preprocessing,
-                             protocol, progress, label=f"{game} student")
-    return out
+        student_scores[game] = evaluate(game, predict_fn(net), kinds[game], preprocessing,
+                                        protocol, progress, label=f"{game} student")
+    report = make_report(student_scores, teacher_scores, protocol, preprocessing, extra)
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return report
 
 
 # -- reports ---------------------------------------------------------------

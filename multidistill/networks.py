@@ -169,10 +169,11 @@ class MultiTaskStudent(keras.Model):
         self.game_heads = [
             layers.Dense(a, name=f"{g}_logits") for g, a in zip(self.games, self.num_actions)
         ]
+        # Projections exist only when feature regression is on (no dead weights).
         self.feature_projections = [
             layers.Dense(max(f, 1), name=f"{g}_feature_projection")
             for g, f in zip(self.games, self.feature_dims)
-        ]
+        ] if self.feature_beta > 0 else []
         # (games, max_actions) 1 where the game has that action.
         self._action_mask = ops.convert_to_tensor(
             [[1.0 if a < n else 0.0 for a in range(self.max_actions)] for n in self.num_actions]
@@ -206,6 +207,8 @@ class MultiTaskStudent(keras.Model):
             if pad:
                 lg = ops.pad(lg, [[0, 0], [0, pad]], constant_values=MASKED_LOGIT)
             logits = logits + one_hot[:, g : g + 1] * lg
+            if not self.feature_projections:
+                continue
             ft = self.feature_projections[g](hidden)
             pad = self.max_feature_dim - ft.shape[-1]
             if pad:
@@ -213,6 +216,8 @@ class MultiTaskStudent(keras.Model):
             features = features + one_hot[:, g : g + 1] * ft * self._feature_mask[g]
         # Masked actions get exactly MASKED_LOGIT (the one-hot sum above would
         # otherwise leave 0 for a game whose head is shorter).
+        if not self.feature_projections:
+            features = ops.zeros((ops.shape(hidden)[0], self.max_feature_dim))
         action_mask = ops.take(self._action_mask, ops.cast(game_id, "int32"), axis=0)
         logits = ops.where(action_mask > 0, logits, MASKED_LOGIT)
         return {"logits": logits, "features": features}

@@ -1,0 +1,314 @@
+"""Training the multi-task student on the games' datasets.
+
+A run lives in one directory:
+
+    config.json      the run's settings (a rerun must ask for the same)
+    checkpoint.npz   weights, optimizer state, gradient-step counter (atomic)
+    student.keras    the student as of the last checkpoint (atomic)
+    metrics.jsonl    every scalar logged; tb/ the same for TensorBoard
+    curves.png       held-out loss, KL and agreement per game
+
+Rerunning with the same directory resumes from the checkpoint and stops at
+`num_grad_steps`; the sampler is a pure function of the batch index, so the
+resumed run sees the batches the uninterrupted run would have seen. SIGINT
+and SIGTERM save a checkpoint before exiting. A NaN or infinite loss stops
+the run and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from multidistill import checkpoints, environments, losses, networks, pipeline, summaries
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, run directory of another run)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Settings of one distillation run.
+
+    Attributes:
+      games: ROM ids, in head order.
+      loss: policy loss, "kl" (Rusu et al.), "nll" or "mse".
+      temperatures: per game tau of the KL teacher softmax (tau divides the
+        teacher's outputs only; 0.01 for Q-value teachers, 1 for logits).
+      feature_beta: weight of Actor-Mimic feature regression (0: off).
+      student_size: named trunk size, see `networks.STUDENT_SIZES`.
+      head_units: hidden units of each game's head.
+      learning_rate: Adam step size.
+      num_grad_steps: gradient steps of the whole run.
+      checkpoint_every_steps: gradient steps between checkpoints.
+      eval_every_steps: gradient steps between held-out metrics.
+      pipeline: minibatch sampling settings.
+    """
+
+    games: tuple[str, ...]
+    loss: str = "kl"
+    temperatures: tuple[float, ...] = ()
+    feature_beta: float = 0.0
+    student_size: str = "dqn"
+    head_units: int = 128
+    learning_rate: float = 2.5e-4
+    num_grad_steps: int = 10_000
+    checkpoint_every_steps: int = 1_000
+    eval_every_steps: int = 500
+    pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
+
+    def __post_init__(self):
+        if self.loss not in losses.POLICY_LOSSES:
+            raise ValueError(f"loss must be one of {sorted(losses.POLICY_LOSSES)}, "
+                             f"found {self.loss!r}")
+        if len(self.temperatures) != len(self.games):
+            raise ValueError(f"temperatures has {len(self.temperatures)} values for "
+                             f"{len(self.games)} games")
+        bad = [t for t in self.temperatures if not t > 0]
+        if bad:
+            raise ValueError(f"temperatures must be > 0, found {list(self.temperatures)}")
+        if self.student_size not in networks.STUDENT_SIZES:
+            raise ValueError(f"student_size must be one of {sorted(networks.STUDENT_SIZES)}, "
+                             f"found {self.student_size!r}")
+        if self.num_grad_steps < 0 or self.checkpoint_every_steps < 1 or (
+                self.eval_every_steps < 1):
+            raise ValueError("num_grad_steps must be >= 0, checkpoint_every_steps and "
+                             "eval_every_steps >= 1")
+        if self.feature_beta < 0 or self.learning_rate <= 0:
+            raise ValueError("feature_beta must be >= 0 and learning_rate > 0")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["games"] = list(self.games)
+        d["temperatures"] = list(self.temperatures)
+        return d
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share (the step budget may grow)."""
+        d = self.to_dict()
+        for k in ("num_grad_steps", "checkpoint_every_steps", "eval_every_steps"):
+            d.pop(k)
+        d["pipeline"].pop("prefetch_batches")
+        return d
+
+
+def default_temperature(teacher_kind: str) -> float:
+    return 0.01 if teacher_kind == "q_values" else 1.0
+
+
+def build_student(config: DistillConfig, num_actions: Sequence[int],
+                  feature_dims: Sequence[int], spec: environments.Preprocessing,
+                  extra_config: dict | None = None):
+    import keras
+
+    filters, fc = networks.STUDENT_SIZES[config.student_size]
+    student = networks.MultiTaskStudent(
+        games=config.games, num_actions=num_actions, feature_dims=feature_dims,
+        conv_filters=filters, fc_units=fc, head_units=config.head_units,
+        observation_shape=spec.observation_shape, loss=config.loss,
+        temperatures=config.temperatures, feature_beta=config.feature_beta,
+        preprocessing=spec.to_dict(),
+        training_config=dict(config.to_dict(), **(extra_config or {})),
+        name="multidistill_student",
+    )
+    student.build_for_inputs()
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    student.compile(optimizer=optimizer)
+    optimizer.build(student.trainable_variables)
+    return student, optimizer
+
+
+@dataclasses.dataclass
+class StepResult:
+    grad_step: int
+    loss: float
+    samples: int
+
+
+def _atomic_save_keras(model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class Distiller:
+    """Owns a run directory: builds or resumes the student, trains, checkpoints."""
+
+    def __init__(self, run_dir: str | os.PathLike, config: DistillConfig,
+                 dataset_paths: Sequence[str], spec: environments.Preprocessing,
+                 teacher_kinds: Sequence[str], dataset_ids: Sequence[str] = ()):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.spec = spec
+        self.sampler = pipeline.MultiGameSampler(dataset_paths, config.pipeline)
+        for game, ds in zip(config.games, self.sampler.datasets):
+            if ds.game != game:
+                raise TrainingError(f"dataset {ds.path} is for {ds.game!r}, expected {game!r}")
+        num_actions = [ds.num_actions for ds in self.sampler.datasets]
+        feature_dims = [ds.feature_dim for ds in self.sampler.datasets]
+        run_identity = {"config": config.identity(), "teacher_kinds": list(teacher_kinds),
+                        "datasets": list(dataset_ids), "preprocessing": spec.to_dict()}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / "config.json"
+        if config_path.exists():
+            previous = json.loads(config_path.read_text())
+            if previous.get("identity") != run_identity:
+                diff = [k for k in run_identity
+                        if previous.get("identity", {}).get(k) != run_identity[k]]
+                raise TrainingError(
+                    f"run directory {self.run_dir} holds a run with other settings "
+                    f"(differs in: {', '.join(diff)}): use another --run_dir, or delete it")
+        checkpoints.atomic_write_bytes(config_path, json.dumps(
+            {"identity": run_identity, "config": config.to_dict()}, indent=2).encode())
+        self.student, self.optimizer = build_student(
+            config, num_actions, feature_dims, spec,
+            extra_config={"teacher_kinds": list(teacher_kinds)})
+        self.grad_step = 0
+        self.ckpt_path = self.run_dir / "checkpoint.npz"
+        if self.ckpt_path.exists():
+            state = checkpoints.restore(self.ckpt_path, self.student, self.optimizer)
+            self.grad_step = int(state["grad_step"])
+        self.writer = summaries.ScalarWriter(self.run_dir)
+        self._holdout = [self.sampler.holdout(g) for g in range(len(config.games))]
+
+    @property
+    def student_path(self) -> Path:
+        return self.run_dir / "student.keras"
+
+    def save_checkpoint(self) -> None:
+        checkpoints.save(self.ckpt_path, self.student, self.optimizer,
+                         {"grad_step": self.grad_step})
+        _atomic_save_keras(self.student, self.student_path)
+        summaries.plot_curves(
+            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
+            [("held-out KL", [f"heldout/kl/{g}" for g in self.config.games]),
+             ("held-out top-1 agreement", [f"heldout/agreement/{g}" for g in self.config.games]),
+             ("training loss", ["losses/train_loss"])],
+            "gradient steps")
+
+    def heldout_metrics(self) -> dict[str, float]:
+        """Per game: loss, KL (tau of the game) and top-1 agreement on held-out data."""
+        from keras import ops
+
+        out = {}
+        for g, (game, batch) in enumerate(zip(self.config.games, self._holdout)):
+            if batch is None:
+                continue
+            x, y = batch
+            preds = []
+            for k in range(0, len(x["game_id"]), 256):
+                xs = {n: v[k:k + 256] for n, v in x.items()}
+                preds.append(np.asarray(self.student.predict_on_batch(xs)["logits"]))
+            logits = np.concatenate(preds)
+            a = self.student.num_actions[g]
+            t_out, s_out = y["teacher_outputs"][:, :a], logits[:, :a]
+            tau = self.config.temperatures[g]
+            out[f"heldout/kl/{game}"] = float(ops.convert_to_numpy(
+                losses.kl(t_out, s_out, temperature=tau)))
+            out[f"heldout/loss/{game}"] = float(ops.convert_to_numpy(
+                losses.policy_loss(self.config.loss, t_out, s_out, temperature=tau)))
+            out[f"heldout/agreement/{game}"] = float(ops.convert_to_numpy(
+                losses.top1_agreement(t_out, s_out)))
+        return out
+
+    def steps(self) -> Iterator[StepResult]:
+        """Trains from the current step to `num_grad_steps`, one result per step."""
+        if self.grad_step >= self.config.num_grad_steps:
+            return
+        for index, x, y in self.sampler.iterate(self.grad_step):
+            loss = self.student.train_on_batch(x, y)
+            loss = float(np.asarray(loss).reshape(-1)[0])
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the training loss became {loss} at gradient step {index + 1}: "
+                    f"stopped; the last good checkpoint ({self.ckpt_path}, step "
+                    f"{self.grad_step}) is kept. Try a lower --learning_rate")
+            self.grad_step = index + 1
+            yield StepResult(self.grad_step, loss, len(x["game_id"]))
+            if self.grad_step >= self.config.num_grad_steps:
+                return
+
+    def train(self, progress: bool = True) -> dict:
+        """Runs `steps()` with logging, checkpoints and signal handling."""
+        c = self.config
+        start_step = self.grad_step
+        stop_requested = []
+
+        def on_signal(signum, frame):
+            stop_requested.append(signum)
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.num_grad_steps, initial=self.grad_step, unit="step",
+                       desc="distill", dynamic_ncols=True, smoothing=0.05)
+        t0 = time.perf_counter()
+        samples = 0
+        recent_loss = []
+        try:
+            if self.grad_step == 0:
+                self.writer.scalars(0, self.heldout_metrics())
+            for r in self.steps():
+                samples += r.samples
+                recent_loss.append(r.loss)
+                if bar is not None:
+                    bar.update(1)
+                    if r.grad_step % 10 == 0:
+                        bar.set_postfix(loss=f"{np.mean(recent_loss[-50:]):.4f}",
+                                        samples_per_s=f"{samples / (time.perf_counter() - t0):.0f}")
+                if r.grad_step % 50 == 0:
+                    self.writer.scalars(r.grad_step, {
+                        "losses/train_loss": float(np.mean(recent_loss[-50:])),
+                        "charts/samples_per_s": samples / (time.perf_counter() - t0)})
+                if r.grad_step % c.eval_every_steps == 0:
+                    self.writer.scalars(r.grad_step, self.heldout_metrics())
+                if r.grad_step % c.checkpoint_every_steps == 0:
+                    self.save_checkpoint()
+                if stop_requested:
+                    self.save_checkpoint()
+                    raise KeyboardInterrupt
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        if self.grad_step != start_step or not self.student_path.exists():
+            if self.grad_step % c.eval_every_steps:
+                self.writer.scalars(self.grad_step, self.heldout_metrics())
+            self.save_checkpoint()
+        seconds = time.perf_counter() - t0
+        return {"grad_steps": self.grad_step, "trained_steps": self.grad_step - start_step,
+                "seconds": seconds, "samples_per_s": samples / max(seconds, 1e-9)}
+
+    def close(self):
+        self.writer.close()
+        self.sampler.close()
+
+
+def load_student(path: str | os.PathLike):
+    """Loads a saved student (safe mode) and checks that it is one."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"student file {path} does not exist")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        raise ValueError(f"student file {path} is not a loadable Keras model: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(model, networks.MultiTaskStudent):
+        raise ValueError(f"{path} is a Keras model but not a multidistill student "
+                         f"(found {type(model).__name__})")
+    return model
