@@ -16,9 +16,42 @@ The pipeline, one flat module per role:
 """
 
 import os
+import sys
+import tempfile
+
+__version__ = "0.1.0"
 
 # TensorFlow prints pages of start-up logs at import; keep the user's terminal
 # for what matters (the user can still override this variable).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.1.0"
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with its C++ start-up lines (written to fd 2 before
+    any log setting applies) captured; they are replayed if the import fails."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or (
+            "tensorflow" in sys.modules or os.environ.get("MULTIDISTILL_TF_LOGS")):
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except Exception:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+try:
+    _import_tensorflow_quietly()
+except ImportError:
+    pass  # Keras reports a missing backend itself, with its own message.

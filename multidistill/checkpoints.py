@@ -23,12 +23,14 @@ class CheckpointError(ValueError):
 
 
 def _variables(model, optimizer) -> dict[str, Any]:
+    # Keyed by position: Keras makes names unique per process ("dense_3"), so
+    # the same network built twice has other names but the same order.
     out = {}
     for i, v in enumerate(model.weights):
-        out[f"model/{i:04d}/{v.path}"] = v
+        out[f"model/{i:04d}"] = v
     if optimizer is not None:
         for i, v in enumerate(optimizer.variables):
-            out[f"optimizer/{i:04d}/{v.path}"] = v
+            out[f"optimizer/{i:04d}"] = v
     return out
 
 

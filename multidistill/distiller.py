@@ -111,6 +111,7 @@ def build_student(config: DistillConfig, num_actions: Sequence[int],
     import keras
 
     filters, fc = networks.STUDENT_SIZES[config.student_size]
+    keras.utils.set_random_seed(config.pipeline.seed)  # Same initial weights per seed.
     student = networks.MultiTaskStudent(
         games=config.games, num_actions=num_actions, feature_dims=feature_dims,
         conv_filters=filters, fc_units=fc, head_units=config.head_units,

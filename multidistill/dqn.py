@@ -318,7 +318,7 @@ class DQNLearner(keras.Model):
         """Copies the online network's weights into the target network."""
         # Through numpy, so the two never share a buffer (JAX donates buffers).
         for dst, src in zip(self.target_net.weights, self.net.weights):
-            dst.assign(ops.convert_to_numpy(src))
+            dst.assign(np.asarray(src.value).copy())
 
 
 class DQN:
@@ -339,8 +339,10 @@ class DQN:
             name=f"dqn_{game}_target")
         self.learner = DQNLearner(self.net, target)
         self.learner.sync_target()
+        # Named, so that variable paths (and checkpoints) do not depend on how
+        # many optimizers the process made before (Keras numbers default names).
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate,
-                                               epsilon=config.adam_epsilon)
+                                               epsilon=config.adam_epsilon, name="adam")
         self.learner.compile(optimizer=self.optimizer)
         self.optimizer.build(self.learner.trainable_variables)
         self.env = environments.make_vector_env(game, spec, config.num_envs,

@@ -1,0 +1,97 @@
+"""Shared fakes: tiny teachers and tiny datasets made inside the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Episodes capped at 1,200 emulator frames (300 agent steps) keep env-driven
+# tests to seconds; teachers and datasets of the tests all use this spec.
+SPEC_KW = dict(max_episode_frames=1200)
+
+
+@pytest.fixture(scope="session")
+def spec():
+    from multidistill import environments
+
+    return environments.Preprocessing(**SPEC_KW)
+
+
+def make_teacher(directory, game, kind, spec, seed=0, filters=(4, 4, 4), fc=16):
+    import keras
+
+    from multidistill import games, networks, teachers
+
+    keras.utils.set_random_seed(seed)
+    n = games.get_game(game).num_actions
+    model = networks.build_teacher_network(n, spec.observation_shape, filters, fc)
+    teachers.save_teacher(model, game, kind, spec, directory,
+                          evaluation={"mean": 0.0, "std": 0.0, "episodes": 1})
+    return model
+
+
+@pytest.fixture(scope="session")
+def teachers_dir(tmp_path_factory, spec):
+    d = tmp_path_factory.mktemp("teachers")
+    make_teacher(d, "pong", "q_values", spec, seed=1)
+    make_teacher(d, "freeway", "logits", spec, seed=2)
+    return d
+
+
+@pytest.fixture(scope="session")
+def datasets_dir(tmp_path_factory, teachers_dir, spec):
+    """Real datasets recorded by the tiny teachers (about 600 steps a game)."""
+    from multidistill import build_datasets, teachers
+
+    d = tmp_path_factory.mktemp("datasets")
+    config = build_datasets.BuildConfig(num_agent_steps=500, num_envs=2, seed=3)
+    for game in ("pong", "freeway"):
+        t = teachers.load_teacher(game, teachers_dir, spec)
+        build_datasets.build_dataset(t, d / f"{game}.h5", config, spec, progress=False)
+    return d
+
+
+def synthetic_episode(t, num_actions=3, feature_dim=5, seed=0, shape=(84, 84)):
+    """An episode of T steps whose frame i is filled with a recognisable value."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((t,) + shape, np.uint8)
+    for i in range(t):
+        frames[i] = (seed * 37 + i + 1) % 251
+    terminated = np.zeros(t, bool)
+    terminated[-1] = True
+    return {
+        "frames": frames,
+        "teacher_outputs": rng.normal(size=(t, num_actions)).astype(np.float32),
+        "teacher_features": rng.normal(size=(t, feature_dim)).astype(np.float32),
+        "actions": rng.integers(0, num_actions, size=t).astype(np.uint8),
+        "rewards": rng.normal(size=t).astype(np.float32),
+        "terminated": terminated,
+        "truncated": np.zeros(t, bool),
+    }
+
+
+def new_writer(path, spec, game="pong", num_actions=3, feature_dim=5, teacher_sha="a" * 64):
+    from multidistill import datasets
+
+    return datasets.DatasetWriter(
+        path, game=game, rom_md5="0" * 32, num_actions=num_actions, feature_dim=feature_dim,
+        preprocessing=spec, teacher_sha256=teacher_sha, teacher_kind="q_values",
+        teacher_path="teacher.keras", epsilon=0.05, seed=0)
+
+
+def run_cli(args, cwd=None, env=None, timeout=600):
+    """Runs a command-line entry point; returns (exit code, stdout + stderr)."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    full_env.update(env or {})
+    p = subprocess.run([sys.executable] + args, cwd=cwd or REPO, env=full_env,
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr

@@ -1,0 +1,77 @@
+"""Game registry, preprocessing spec, frame stacking."""
+
+import numpy as np
+import pytest
+
+from multidistill import environments, games
+
+
+def test_known_games_and_minimal_action_sets():
+    assert games.get_game("pong").num_actions == 6
+    assert games.get_game("qbert").num_actions == 6
+    assert games.get_game("freeway").num_actions == 3
+    assert games.get_game("Q*bert").name == "qbert"
+    assert games.get_game("MsPacman").name == "ms_pacman"
+    assert games.get_game("pong", full_action_space=True).num_actions == 18
+
+
+def test_unknown_game_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown game 'pongg'.*freeway.*pong.*qbert"):
+        games.get_game("pongg")
+
+
+def test_parse_games_errors():
+    assert games.parse_games("pong, Qbert ,freeway") == ["pong", "qbert", "freeway"]
+    with pytest.raises(ValueError, match="--games is empty"):
+        games.parse_games(" , ")
+    with pytest.raises(ValueError, match="names the game 'pong' twice"):
+        games.parse_games("pong,qbert,Pong")
+    with pytest.raises(ValueError, match="--games: unknown game 'nope'"):
+        games.parse_games("pong,nope")
+
+
+def test_human_normalised_score():
+    pong = games.get_game("pong")
+    # (score - random) / (human - random) with random -20.7, human 14.6.
+    assert pong.human_normalized(14.6) == pytest.approx(1.0)
+    assert pong.human_normalized(-3.05) == pytest.approx((-3.05 + 20.7) / 35.3)
+    assert games.get_game("pitfall").human_normalized(0.0) is not None
+    assert games.get_game("adventure").human_normalized(1.0) is None
+
+
+def test_preprocessing_round_trip_and_validation():
+    spec = environments.Preprocessing(sticky_action_prob=0.25)
+    assert environments.Preprocessing.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="unknown preprocessing settings \\['colour'\\]"):
+        environments.Preprocessing.from_dict({"colour": True}, "card.json")
+    with pytest.raises(ValueError, match="sticky_action_prob must be in \\[0, 1\\]"):
+        environments.Preprocessing(sticky_action_prob=1.5)
+    diffs = spec.differences(environments.Preprocessing())
+    assert diffs == ["sticky_action_prob: 0.25 here vs 0.0"]
+
+
+def test_stack_frames_never_crosses_episode_start():
+    frames = np.arange(1, 7, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
+    # Two episodes: steps 0-3 and 4-5.
+    offsets = np.array([0, 1, 2, 3, 0, 1])
+    obs = environments.stack_frames(frames, offsets, 4)
+    firsts = obs[:, :, 0, 0]
+    expected = np.array([
+        [0, 0, 0, 1],
+        [0, 0, 1, 2],
+        [0, 1, 2, 3],
+        [1, 2, 3, 4],
+        [0, 0, 0, 5],
+        [0, 0, 5, 6],
+    ])
+    np.testing.assert_array_equal(firsts, expected)
+
+
+def test_vector_env_matches_spec():
+    spec = environments.Preprocessing()
+    env = environments.make_vector_env("freeway", spec, 2, num_threads=1)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2,) + spec.observation_shape and obs.dtype == np.uint8
+    # After a reset the frames before the first are zeros (datasets rely on it).
+    assert obs[:, :3].max() == 0 and obs[:, 3].max() > 0
+    env.close()

@@ -1,0 +1,99 @@
+"""The student network: heads, masking, saving (run under each Keras backend)."""
+
+import numpy as np
+import pytest
+
+from multidistill import losses, networks
+
+
+def _student(**kw):
+    s = networks.MultiTaskStudent(
+        games=["pong", "freeway"], num_actions=[6, 3], feature_dims=[16, 8],
+        conv_filters=(4, 4, 4), fc_units=32, head_units=8, **kw)
+    return s.build_for_inputs()
+
+
+def _batch(n=4):
+    rng = np.random.default_rng(0)
+    return {"frames": rng.integers(0, 255, size=(n, 4, 84, 84)).astype(np.uint8),
+            "game_id": np.array([0, 1, 0, 1][:n], np.int32)}
+
+
+def test_forward_shapes_and_masked_actions():
+    s = _student(feature_beta=0.01)
+    out = s(_batch())
+    logits = np.asarray(out["logits"])
+    assert logits.shape == (4, 6)
+    assert np.asarray(out["features"]).shape == (4, 16)
+    # Freeway has 3 actions: the other 3 are masked for its rows only.
+    assert (logits[[1, 3], 3:] == networks.MASKED_LOGIT).all()
+    assert (logits[[0, 2]] > networks.MASKED_LOGIT / 2).all()
+    # Freeway's feature projection is 8 wide: padding stays zero.
+    assert (np.asarray(out["features"])[[1, 3], 8:] == 0).all()
+
+
+def test_policy_network_equals_head_of_full_model():
+    s = _student()
+    x = _batch()
+    full = np.asarray(s(x)["logits"])
+    pong = np.asarray(s.policy_network("pong")(x["frames"]))
+    freeway = np.asarray(s.policy_network("freeway")(x["frames"]))
+    np.testing.assert_allclose(full[[0, 2]], pong[[0, 2]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(full[[1, 3], :3], freeway[[1, 3]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no head for 'qbert'"):
+        s.policy_network("qbert")
+
+
+def test_compute_loss_is_kl_with_per_game_temperature():
+    s = _student(temperatures=[0.5, 2.0])
+    x = _batch()
+    rng = np.random.default_rng(1)
+    y = {"teacher_outputs": rng.normal(size=(4, 6)).astype(np.float32),
+         "teacher_features": np.zeros((4, 16), np.float32),
+         "actions": np.zeros(4, np.int32)}
+    pred = s(x)
+    got = float(np.asarray(s.compute_loss(x, y, pred)))
+    logits = np.asarray(pred["logits"])
+    rows = []
+    for i, g in enumerate(x["game_id"]):
+        a, tau = (6, 0.5) if g == 0 else (3, 2.0)
+        rows.append(float(np.asarray(losses.kl(y["teacher_outputs"][i:i + 1, :a],
+                                               logits[i:i + 1, :a], temperature=tau))))
+    assert got == pytest.approx(np.mean(rows), rel=1e-4)
+
+
+def test_compressed_sizes_parameter_counts():
+    # Conv trunk + hidden of Rusu's net sizes with one 6-action head of 128.
+    counts = {}
+    for name, (filters, fc) in networks.STUDENT_SIZES.items():
+        s = networks.MultiTaskStudent(["pong"], [6], conv_filters=filters, fc_units=fc)
+        s.build_for_inputs()
+        counts[name] = s.count_params()
+    assert counts["dqn"] > counts["net1"] > counts["net2"] > counts["net3"]
+    # dqn trunk: convs 8*8*4*32+32 + 4*4*32*64+64 + 3*3*64*64+64, dense 3136*512+512.
+    trunk = (8 * 8 * 4 * 32 + 32) + (4 * 4 * 32 * 64 + 64) + (3 * 3 * 64 * 64 + 64) + (
+        3136 * 512 + 512)
+    assert counts["dqn"] == trunk + (512 * 128 + 128) + (128 * 6 + 6)
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="temperatures must be > 0"):
+        networks.MultiTaskStudent(["pong"], [6], temperatures=[0.0])
+    with pytest.raises(ValueError, match="loss 'hinge' is unknown"):
+        networks.MultiTaskStudent(["pong"], [6], loss="hinge")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    import keras
+
+    s = _student(feature_beta=0.01, preprocessing={"frame_skip": 4},
+                 training_config={"note": "x"})
+    path = tmp_path / "student.keras"
+    s.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert loaded.games == ["pong", "freeway"]
+    assert loaded.num_actions == [6, 3]
+    assert loaded.preprocessing == {"frame_skip": 4}
+    x = _batch()
+    np.testing.assert_allclose(np.asarray(s(x)["logits"]), np.asarray(loaded(x)["logits"]),
+                               rtol=1e-5, atol=1e-5)

@@ -1,0 +1,119 @@
+"""Minibatches across games: shares, determinism, held-out split, stacks."""
+
+import numpy as np
+import pytest
+
+from conftest import new_writer, synthetic_episode
+from multidistill import datasets, pipeline
+
+
+@pytest.fixture()
+def two_games(tmp_path, spec):
+    paths = []
+    for gi, (game, n_actions, n_feat) in enumerate([("pong", 6, 5), ("freeway", 3, 2)]):
+        path = tmp_path / f"{game}.h5"
+        with new_writer(path, spec, game=game, num_actions=n_actions,
+                        feature_dim=n_feat) as w:
+            for e in range(10):
+                w.append_episode(synthetic_episode(50 + 7 * e, n_actions, n_feat,
+                                                   seed=100 * gi + e))
+        paths.append(str(path))
+    return paths
+
+
+def test_equal_shares_padding_and_labels(two_games):
+    cfg = pipeline.PipelineConfig(batch_size_per_game=5, block_rows=32, blocks_in_memory=4)
+    s = pipeline.MultiGameSampler(two_games, cfg)
+    x, y = s.batch(0)
+    assert x["frames"].shape == (10, 4, 84, 84)
+    np.testing.assert_array_equal(np.bincount(x["game_id"]), [5, 5])
+    assert y["teacher_outputs"].shape == (10, 6)
+    # Freeway rows (3 actions, 2 features) are zero-padded.
+    fw = x["game_id"] == 1
+    assert (y["teacher_outputs"][fw, 3:] == 0).all() and (y["teacher_features"][fw, 2:] == 0).all()
+    # Each sample's label belongs to its observation: find the row by its frame.
+    for k in range(10):
+        ds = s.datasets[x["game_id"][k]]
+        blk = ds.read_block(0, ds.num_agent_steps)
+        matches = [r for r in range(ds.num_agent_steps)
+                   if np.array_equal(blk["observations"][r], x["frames"][k])]
+        assert matches, "observation not found in its dataset"
+        a = ds.num_actions
+        assert any(np.allclose(blk["teacher_outputs"][r], y["teacher_outputs"][k, :a])
+                   for r in matches)
+    s.close()
+
+
+def test_batches_are_a_function_of_seed_and_index(two_games):
+    cfg = pipeline.PipelineConfig(batch_size_per_game=4, block_rows=16, blocks_in_memory=3)
+    a = pipeline.MultiGameSampler(two_games, cfg)
+    b = pipeline.MultiGameSampler(two_games, cfg)
+    seq_a = [a.batch(i)[1]["teacher_outputs"] for i in range(12)]
+    # b starts at batch 7, as a resumed run would.
+    for i in range(7, 12):
+        np.testing.assert_array_equal(b.batch(i)[1]["teacher_outputs"], seq_a[i])
+    # The background iterator yields the same batches in order.
+    it = a.iterate(5)
+    for i in range(5, 9):
+        idx, _, y = next(it)
+        assert idx == i
+        np.testing.assert_array_equal(y["teacher_outputs"], seq_a[i])
+    it.close()
+    c = pipeline.MultiGameSampler(two_games, pipeline.PipelineConfig(
+        batch_size_per_game=4, block_rows=16, blocks_in_memory=3, seed=1))
+    assert not np.array_equal(c.batch(0)[1]["teacher_outputs"], seq_a[0])
+
+
+def test_heldout_episodes_never_trained_on(two_games):
+    cfg = pipeline.PipelineConfig(batch_size_per_game=8, block_rows=16, blocks_in_memory=4,
+                                  holdout_fraction=0.2)
+    s = pipeline.MultiGameSampler(two_games, cfg)
+    w = s.windows[0]
+    ds = s.datasets[0]
+    assert w.train_rows == ds.episode_starts[8]  # 2 of 10 episodes held out.
+    held = ds.read_block(w.train_rows, ds.num_agent_steps)["teacher_outputs"]
+    held_rows = {tuple(r) for r in held}
+    for i in range(40):
+        x, y = s.batch(i)
+        for r in y["teacher_outputs"][x["game_id"] == 0]:
+            assert tuple(r) not in held_rows
+    hx, hy = s.holdout(0)
+    assert (hx["game_id"] == 0).all()
+    assert all(tuple(r) in held_rows for r in hy["teacher_outputs"])
+
+
+def test_game_weights_and_bad_config(two_games):
+    cfg = pipeline.PipelineConfig(batch_size_per_game=6, game_weights=(2.0, 1.0),
+                                  block_rows=16, blocks_in_memory=2)
+    s = pipeline.MultiGameSampler(two_games, cfg)
+    x, _ = s.batch(3)
+    np.testing.assert_array_equal(np.bincount(x["game_id"]), [8, 4])
+    with pytest.raises(ValueError, match="batch_size_per_game must be >= 1, found 0"):
+        pipeline.PipelineConfig(batch_size_per_game=0)
+
+
+def test_window_memory_is_bounded(two_games):
+    cfg = pipeline.PipelineConfig(batch_size_per_game=4, block_rows=16, blocks_in_memory=3)
+    s = pipeline.MultiGameSampler(two_games, cfg)
+    for i in range(50):
+        s.batch(i)
+    for w in s.windows:
+        assert len(w._cache) == 3
+        assert all(b["frames"].shape[0] <= 16 + 3 for _, b in w._cache.values())
+
+
+def test_damaged_dataset_named_on_read(two_games):
+    import h5py
+
+    # Flip bytes inside a frames chunk: fletcher32 must catch it.
+    path = two_games[0]
+    with h5py.File(path, "r") as f:
+        offset = f["frames"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 100)
+        b = fh.read(8)
+        fh.seek(offset + 100)
+        fh.write(bytes(x ^ 0xFF for x in b))
+    with datasets.Dataset(path) as ds:
+        with pytest.raises(datasets.DatasetError, match="pong.h5: reading frames.*damaged"):
+            ds.read_block(0, 10)

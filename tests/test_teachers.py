@@ -1,0 +1,90 @@
+"""Teacher files and cards: loading, checks, acting rule."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_teacher
+from multidistill import environments, networks, teachers
+
+
+def test_round_trip_and_labels(tmp_path, spec):
+    model = make_teacher(tmp_path, "pong", "q_values", spec)
+    t = teachers.load_teacher("pong", tmp_path, spec)
+    assert t.kind == "q_values" and t.num_actions == 6 and t.feature_dim == 16
+    obs = np.random.default_rng(0).integers(0, 255, (3,) + spec.observation_shape, np.uint8)
+    outputs, features = t.label(obs)
+    np.testing.assert_allclose(outputs, np.asarray(model(obs)), rtol=1e-5, atol=1e-5)
+    assert features.shape == (3, 16) and (features >= 0).all()  # ReLU layer.
+    assert t.sha256 == json.loads((tmp_path / "pong.json").read_text())["keras_sha256"]
+
+
+def test_missing_teacher_says_where_and_how(tmp_path, spec):
+    with pytest.raises(teachers.TeacherError,
+                       match=r"no teacher for 'qbert': looked for .*qbert.keras.*train_teacher"):
+        teachers.load_teacher("qbert", tmp_path, spec)
+
+
+def test_missing_card(tmp_path, spec):
+    make_teacher(tmp_path, "pong", "q_values", spec)
+    (tmp_path / "pong.json").unlink()
+    with pytest.raises(teachers.TeacherError, match="card .*pong.json is missing"):
+        teachers.load_teacher("pong", tmp_path, spec)
+
+
+def test_wrong_action_count(tmp_path, spec):
+    model = networks.build_teacher_network(4, spec.observation_shape, (4, 4, 4), 8)
+    teachers.save_teacher(model, "pong", "q_values", spec, tmp_path)
+    with pytest.raises(teachers.TeacherError,
+                       match="has 4 outputs .*expected 6: the minimal action set of pong"):
+        teachers.load_teacher("pong", tmp_path, spec)
+
+
+def test_wrong_input_shape(tmp_path, spec):
+    model = networks.build_teacher_network(6, (2, 84, 84), (4, 4, 4), 8)
+    teachers.save_teacher(model, "pong", "q_values", spec, tmp_path)
+    with pytest.raises(teachers.TeacherError,
+                       match=r"inputs of shape \(2, 84, 84\), expected .*\(4, 84, 84\)"):
+        teachers.load_teacher("pong", tmp_path, spec)
+
+
+def test_other_preprocessing(tmp_path, spec):
+    make_teacher(tmp_path, "pong", "q_values", spec)
+    other = environments.Preprocessing(**dict(spec.to_dict(), noop_max=5))
+    with pytest.raises(teachers.TeacherError, match="another preprocessing.*noop_max"):
+        teachers.load_teacher("pong", tmp_path, other)
+
+
+def test_not_a_keras_file(tmp_path, spec):
+    make_teacher(tmp_path, "pong", "q_values", spec)
+    (tmp_path / "pong.keras").write_bytes(b"garbage")
+    with pytest.raises(teachers.TeacherError, match="pong.keras is not a loadable Keras model"):
+        teachers.load_teacher("pong", tmp_path, spec)
+
+
+def test_unsafe_lambda_refused_unless_allowed(tmp_path, spec):
+    inp = keras.Input(spec.observation_shape, dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(x)
+    x = keras.layers.Dense(8, name="features")(x)
+    model = keras.Model(inp, keras.layers.Dense(6)(x))
+    teachers.save_teacher(model, "pong", "q_values", spec, tmp_path)
+    with pytest.raises(teachers.TeacherError, match="unsafe deserialisation.*allow_unsafe"):
+        teachers.load_teacher("pong", tmp_path, spec)
+    assert teachers.load_teacher("pong", tmp_path, spec, allow_unsafe=True).num_actions == 6
+
+
+def test_acting_rules():
+    rng = np.random.default_rng(0)
+    q = np.array([[0.0, 0.1, 0.05]] * 1000)
+    assert (teachers.act(q, "q_values", 0.0, rng) == 1).all()
+    # Logits: samples follow the softmax.
+    logits = np.log(np.array([[0.7, 0.2, 0.1]] * 20000))
+    a = teachers.act(logits, "logits", 0.0, rng)
+    np.testing.assert_allclose(np.bincount(a, minlength=3) / len(a), [0.7, 0.2, 0.1],
+                               atol=0.015)
+    # Epsilon: random actions with probability epsilon (uniform over 3 actions).
+    a = teachers.act(q, "q_values", 0.3, np.random.default_rng(1))
+    assert 0.15 < np.mean(a != 1) < 0.25  # 0.3 * 2/3 = 0.2
