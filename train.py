@@ -51,8 +51,9 @@ flags.DEFINE_enum("preset", "default", list(PRESETS),
 flags.DEFINE_integer("build_num_envs", 16,
                      "Environments stepped together while building datasets.")
 flags.DEFINE_string("run_dir", None,
-                    "Run directory (default runs/<games>_<loss>_<student_size>_<preset>_seed<seed>); "
-                    "an existing one is resumed.")
+                    "Run directory (default "
+                    "runs/<games>_<loss>_<student_size>_<preset>_seed<seed>); an existing "
+                    "one is resumed.")
 flags.DEFINE_enum("loss", "kl", ["kl", "nll", "mse"],
                   "Policy loss: kl (temperature-sharpened KL, Rusu et al.), nll (teacher's "
                   "argmax action) or mse (regress teacher outputs).")
@@ -65,7 +66,7 @@ flags.DEFINE_float("feature_beta", 0.0,
 flags.DEFINE_enum("student_size", "dqn", list(networks.STUDENT_SIZES),
                   "Student trunk: dqn (32/64/64 conv, 512 hidden) or Rusu's compressed "
                   "net1/net2/net3.")
-flags.DEFINE_integer("num_grad_steps", 12_000, "Gradient steps of the whole run.")
+flags.DEFINE_integer("num_grad_steps", 25_000, "Gradient steps of the whole run.")
 flags.DEFINE_integer("batch_size_per_game", 32,
                      "Samples per game in each minibatch (batch = this x number of games).")
 flags.DEFINE_string("game_weights", "",

@@ -41,7 +41,7 @@ class BuildConfig:
       seed: base seed for environments and exploration.
     """
 
-    num_agent_steps: int = 50_000
+    num_agent_steps: int = 100_000
     epsilon: float = 0.05
     num_envs: int = 16
     num_threads: int = 0

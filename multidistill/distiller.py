@@ -307,8 +307,9 @@ def load_student(path: str | os.PathLike):
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
+        first_line = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"student file {path} is not a loadable Keras model: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                         f"{type(e).__name__}: {first_line}") from None
     if not isinstance(model, networks.MultiTaskStudent):
         raise ValueError(f"{path} is a Keras model but not a multidistill student "
                          f"(found {type(model).__name__})")

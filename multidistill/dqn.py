@@ -294,13 +294,11 @@ class DQNLearner(keras.Model):
         self.target_net.trainable = False
 
     def call(self, inputs):
-        obs, next_obs = inputs["obs"], inputs["next_obs"]
-        b = ops.shape(obs)[0]
-        q_both = self.net(ops.concatenate([obs, next_obs], axis=0))
+        # Separate calls: no gradient flows into (or is computed for) next_obs.
         return {
-            "q": q_both[:b],
-            "next_q_online": ops.stop_gradient(q_both[b:]),
-            "next_q_target": ops.stop_gradient(self.target_net(next_obs)),
+            "q": self.net(inputs["obs"]),
+            "next_q_online": ops.stop_gradient(self.net(inputs["next_obs"])),
+            "next_q_target": ops.stop_gradient(self.target_net(inputs["next_obs"])),
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -99,7 +99,7 @@ class Preprocessing:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "the spec") -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any], source: str = "the spec") -> Preprocessing:
         """Builds a spec from a dict, refusing keys this version does not know."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
@@ -111,14 +111,14 @@ class Preprocessing:
         return cls(**d)
 
     @classmethod
-    def from_json(cls, s: str, source: str = "the spec") -> "Preprocessing":
+    def from_json(cls, s: str, source: str = "the spec") -> Preprocessing:
         try:
             d = json.loads(s)
         except json.JSONDecodeError as e:
             raise ValueError(f"{source}: preprocessing is not valid JSON ({e})") from None
         return cls.from_dict(d, source)
 
-    def differences(self, other: "Preprocessing") -> list[str]:
+    def differences(self, other: Preprocessing) -> list[str]:
         """Human-readable list of the settings where `other` differs."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {a[k]!r} here vs {b[k]!r}" for k in a if a[k] != b[k]]

@@ -5,8 +5,8 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from conftest import new_writer, synthetic_episode
+
 from multidistill import datasets, environments
 
 

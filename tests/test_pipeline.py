@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import new_writer, synthetic_episode
+
 from multidistill import datasets, pipeline
 
 

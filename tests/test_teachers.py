@@ -5,8 +5,8 @@ import json
 import keras
 import numpy as np
 import pytest
-
 from conftest import make_teacher
+
 from multidistill import environments, networks, teachers
 
 
