@@ -39,6 +39,9 @@ Conventions:
     stream, the newest frame of the observation, and rebuilds 4-frame
     stacks when sampling, with zeros for frames before an episode's first
     (what the environment shows after a reset), never across episodes.
+    The reset step's entry holds the episode's last observation, from which
+    a truncated episode bootstraps.
+  * `iterate()` reports `loss` NaN when it made no gradient step (warm-up).
   * Checkpoints (`checkpoints.save(path, algo.learner, algo.optimizer, ..)`)
     hold the online and the target network (both are weights of `learner`)
     and the optimizer; `state()` holds the counters. The replay memory is
@@ -320,7 +323,28 @@ class DQNLearner(keras.Model):
 
 
 class DQN:
-    """The learner, its replay memory and its actors for one game."""
+    """The learner, its replay memory and its actors for one game.
+
+    Args:
+      game: ROM id.
+      num_actions: actions of the game's (minimal) action set.
+      spec: the preprocessing.
+      config: the settings.
+      total_agent_steps: length of the run; kept for the interface shared
+        with `ppo.PPO` (no DQN schedule depends on it).
+      seed: seeds the environments and the sampling (not Keras' weight
+        initialisation).
+      num_threads: emulator threads (0: one per core).
+
+    Attributes:
+      net: the online network, frames -> Q-values (the teacher).
+      learner: `DQNLearner` holding `net`, the target network and the loss;
+        checkpoint it with `optimizer`.
+      optimizer: Adam, built on the learner's trainable variables.
+      memory: the `ReplayMemory` (not checkpointed).
+      agent_steps: agent steps taken so far (over all environments).
+      gradient_steps: gradient steps taken so far.
+    """
 
     kind = "q_values"
 
@@ -364,10 +388,12 @@ class DQN:
         return self.net
 
     def state(self) -> dict:
+        """JSON-able counters to resume from (with a checkpoint of `learner`)."""
         return {"agent_steps": self.agent_steps, "gradient_steps": self.gradient_steps,
                 "update_credit": self._update_credit}
 
     def load_state(self, state: dict) -> None:
+        """Restores the counters of `state()`; weights come from the checkpoint."""
         self.agent_steps = int(state["agent_steps"])
         self.gradient_steps = int(state.get("gradient_steps", 0))
         self._update_credit = float(state.get("update_credit", 0.0))
@@ -381,6 +407,7 @@ class DQN:
         return float(c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start))
 
     def _act(self, obs) -> np.ndarray:
+        """Epsilon-greedy actions; the network runs only if some env is greedy."""
         n = obs.shape[0]
         actions = self.rng.integers(0, self.num_actions, size=n).astype(np.int32)
         greedy = self.rng.random(n) >= self.epsilon()
@@ -395,7 +422,13 @@ class DQN:
         return len(self.memory) >= self.config.learning_starts and hi >= lo
 
     def learn_step(self) -> float:
-        """One gradient step on a sampled minibatch; returns its loss."""
+        """One gradient step on a sampled minibatch; returns its loss.
+
+        The target network is synced first every `target_update_period`
+        gradient steps, including the very first (so a run whose online
+        network was set from elsewhere, e.g. `--init_from_teacher`, starts
+        with a matching target).
+        """
         if self.gradient_steps % self.config.target_update_period == 0:
             self.learner.sync_target()
         x, y = self.memory.sample(self.config.batch_size, self.rng)

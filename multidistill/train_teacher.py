@@ -211,7 +211,7 @@ def main(argv):
             bar.update(frames - bar.n)
             for ret, _ in m["episodes"]:
                 recent = (recent + [ret])[-20:]
-            logs = {"losses/loss": m["loss"],
+            logs = {"losses/loss": m["loss"] if np.isfinite(m["loss"]) else None,
                     "charts/SPS": (algo.config.num_envs * getattr(
                         algo.config, "rollout_length", 1))
                     / max(m["act_seconds"] + m["learn_seconds"], 1e-9)}

@@ -7,7 +7,6 @@ the same loss and network tests in a fresh process with KERAS_BACKEND=jax.
 import os
 
 import pytest
-
 from conftest import run_cli
 
 

@@ -127,6 +127,20 @@ def test_iterate_checkpoint_resume_and_teacher_export(tmp_path):
         assert algo.agent_steps == 3 * 2 * 16
         assert algo.gradient_steps > 5 and np.isfinite(m["loss"])
         assert algo.epsilon() < 1.0
+        # The target network moves only when synced.
+        online, target = algo.learner.net, algo.learner.target_net
+        steps = algo.gradient_steps
+        algo.gradient_steps = 1  # Not a sync step.
+        before = [np.asarray(w.value).copy() for w in target.weights]
+        algo.learn_step()
+        algo.gradient_steps = steps + 1
+        for a, w in zip(before, target.weights):
+            np.testing.assert_array_equal(a, np.asarray(w.value))
+        assert any(not np.array_equal(a, np.asarray(w.value))
+                   for a, w in zip(before, online.weights))
+        algo.learner.sync_target()
+        for a, w in zip(online.weights, target.weights):
+            np.testing.assert_array_equal(np.asarray(a.value), np.asarray(w.value))
         state = algo.state()
         ckpt = tmp_path / "ck.npz"
         checkpoints.save(ckpt, algo.learner, algo.optimizer, {"algo": state})
