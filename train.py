@@ -159,6 +159,11 @@ def main(argv):
         summaries[g] = build_datasets.build_dataset(
             teachers[g], path, build_config, spec, rebuild=FLAGS.rebuild_datasets)
         s = summaries[g]
+        if s.get("interrupted"):
+            print(f"{s['interrupted']}: stopped building {g} after whole episodes "
+                  f"({s['num_agent_steps']:,} steps kept in {path}); run the same command "
+                  "to resume", file=sys.stderr)
+            raise SystemExit(130)
         print(f"  {g}: {s['num_agent_steps']:,} steps, {s['num_episodes']} episodes "
               f"(+{s['added_agent_steps']:,})")
 

@@ -17,12 +17,13 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from multidistill import acting, datasets, environments
+from multidistill import acting, datasets, environments, interrupts
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
@@ -155,32 +156,38 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     recording = np.ones(config.num_envs, dtype=bool)
     bar = _progress_bar(progress, config.num_agent_steps - start_steps, game.name)
     t0 = time.perf_counter()
-    try:
-        for step in acting.play(env, policy, seed):
-            for i in np.flatnonzero(step.valid & recording):
-                buffers[i].add(step, i)
-                if not (step.terminated[i] or step.truncated[i]):
-                    continue
-                episode = buffers[i].take()
-                writer.append_episode(episode)
-                if bar is not None:
-                    bar.update(min(len(episode["frames"]), bar.total - bar.n))
-                    bar.set_postfix(episodes=writer.num_episodes,
-                                    mean_return=f"{writer.mean_episode_return:.1f}")
-                under_way = sum(len(b.rows) for b in buffers)
-                if writer.num_agent_steps + under_way >= config.num_agent_steps:
-                    recording[i] = False
-            if not recording.any():
-                break
-    finally:
-        env.close()
-        if bar is not None:
-            bar.close()
+    interrupted = ""
+    with interrupts.deferred_interrupts() as stop:
+        try:
+            for step in acting.play(env, policy, seed):
+                for i in np.flatnonzero(step.valid & recording):
+                    buffers[i].add(step, i)
+                    if not (step.terminated[i] or step.truncated[i]):
+                        continue
+                    episode = buffers[i].take()
+                    writer.append_episode(episode)
+                    if bar is not None:
+                        bar.update(min(len(episode["frames"]), bar.total - bar.n))
+                        bar.set_postfix(episodes=writer.num_episodes,
+                                        mean_return=f"{writer.mean_episode_return:.1f}")
+                    under_way = sum(len(b.rows) for b in buffers)
+                    if writer.num_agent_steps + under_way >= config.num_agent_steps:
+                        recording[i] = False
+                if not recording.any():
+                    break
+                if stop.requested:  # Whole episodes are written; the rest is dropped.
+                    interrupted = stop.name
+                    break
+        finally:
+            env.close()
+            if bar is not None:
+                bar.close()
     seconds = time.perf_counter() - t0
     added = writer.num_agent_steps - start_steps
     return dict(summary, num_agent_steps=writer.num_agent_steps,
                 num_episodes=writer.num_episodes, added_agent_steps=added,
-                seconds=seconds, agent_steps_per_s=added / max(seconds, 1e-9))
+                seconds=seconds, agent_steps_per_s=added / max(seconds, 1e-9),
+                interrupted=interrupted)
 
 
 class _EpisodeBuffer:
@@ -243,6 +250,8 @@ def ensure_datasets(
                 ds.check_compatible(game, preprocessing, teacher.sha256)
         summaries[game] = build_dataset(teacher, path, config, preprocessing,
                                         rebuild=rebuild, progress=progress)
+        if summaries[game].get("interrupted"):
+            break
     return summaries
 
 
@@ -266,6 +275,10 @@ def main(argv):
         print(f"{s['game']}: {s['path']} holds {s['num_agent_steps']} steps in "
               f"{s['num_episodes']} episodes (+{s['added_agent_steps']} now, "
               f"{s['agent_steps_per_s']:.0f} steps/s)")
+        if s.get("interrupted"):
+            print(f"{s['interrupted']}: stopped after whole episodes; run the same command "
+                  "to resume", file=sys.stderr)
+            raise SystemExit(130)
 
 
 def define_flags():

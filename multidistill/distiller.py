@@ -21,14 +21,21 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from multidistill import checkpoints, environments, losses, networks, pipeline, summaries
+from multidistill import (
+    checkpoints,
+    environments,
+    interrupts,
+    losses,
+    networks,
+    pipeline,
+    summaries,
+)
 
 
 class TrainingError(RuntimeError):
@@ -242,55 +249,53 @@ class Distiller:
         """Runs `steps()` with logging, checkpoints and signal handling."""
         c = self.config
         start_step = self.grad_step
-        stop_requested = []
-
-        def on_signal(signum, frame):
-            stop_requested.append(signum)
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=c.num_grad_steps, initial=self.grad_step, unit="step",
                        desc="distill", dynamic_ncols=True, smoothing=0.05)
-        t0 = time.perf_counter()
-        samples = 0
-        recent_loss = []
-        try:
-            if self.grad_step == 0:
-                self.writer.scalars(0, self.heldout_metrics())
-            for r in self.steps():
-                samples += r.samples
-                recent_loss.append(r.loss)
+        with interrupts.deferred_interrupts() as stop:
+            try:
+                self._train_loop(c, bar, stop)
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    if r.grad_step % 10 == 0:
-                        bar.set_postfix(loss=f"{np.mean(recent_loss[-50:]):.4f}",
-                                        samples_per_s=f"{samples / (time.perf_counter() - t0):.0f}")
-                if r.grad_step % 50 == 0:
-                    self.writer.scalars(r.grad_step, {
-                        "losses/train_loss": float(np.mean(recent_loss[-50:])),
-                        "charts/samples_per_s": samples / (time.perf_counter() - t0)})
-                if r.grad_step % c.eval_every_steps == 0:
-                    self.writer.scalars(r.grad_step, self.heldout_metrics())
-                if r.grad_step % c.checkpoint_every_steps == 0:
-                    self.save_checkpoint()
-                if stop_requested:
-                    self.save_checkpoint()
-                    raise KeyboardInterrupt
-        finally:
-            if bar is not None:
-                bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
+                    bar.close()
         if self.grad_step != start_step or not self.student_path.exists():
             if self.grad_step % c.eval_every_steps:
                 self.writer.scalars(self.grad_step, self.heldout_metrics())
             self.save_checkpoint()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - self._t0
         return {"grad_steps": self.grad_step, "trained_steps": self.grad_step - start_step,
-                "seconds": seconds, "samples_per_s": samples / max(seconds, 1e-9)}
+                "seconds": seconds, "samples_per_s": self._samples / max(seconds, 1e-9)}
+
+    def _train_loop(self, c, bar, stop):
+        """The loop of `train`: logs, held-out metrics, checkpoints, stops."""
+        self._t0 = time.perf_counter()
+        self._samples = 0
+        recent_loss = []
+        if self.grad_step == 0:
+            self.writer.scalars(0, self.heldout_metrics())
+        for r in self.steps():
+            self._samples += r.samples
+            rate = self._samples / (time.perf_counter() - self._t0)
+            recent_loss = (recent_loss + [r.loss])[-50:]
+            if bar is not None:
+                bar.update(1)
+                if r.grad_step % 10 == 0:
+                    bar.set_postfix(loss=f"{np.mean(recent_loss):.4f}",
+                                    samples_per_s=f"{rate:.0f}")
+            if r.grad_step % 50 == 0:
+                self.writer.scalars(r.grad_step, {
+                    "losses/train_loss": float(np.mean(recent_loss)),
+                    "charts/samples_per_s": rate})
+            if r.grad_step % c.eval_every_steps == 0:
+                self.writer.scalars(r.grad_step, self.heldout_metrics())
+            if r.grad_step % c.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+            if stop.requested:
+                self.save_checkpoint()
+                raise KeyboardInterrupt
 
     def close(self):
         self.writer.close()

@@ -1,0 +1,74 @@
+"""SIGTERM stops the builder and the trainer cleanly; the same command resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO, SPEC_KW, run_cli
+from multidistill import datasets
+
+
+def _start(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable] + args, cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_builder_sigterm_keeps_whole_episodes_and_resumes(tmp_path, teachers_dir):
+    args = ["-m", "multidistill.build_datasets", "--games=pong",
+            f"--teachers_dir={teachers_dir}", f"--datasets_dir={tmp_path}",
+            "--num_agent_steps=30000", "--num_envs=1",
+            f"--max_episode_frames={SPEC_KW['max_episode_frames']}"]
+    p = _start(args)
+    # The first episode (300 agent steps) is written within seconds.
+    path = tmp_path / "pong.h5"
+    assert _wait_for(lambda: path.exists() and path.stat().st_size > 200_000, 120)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    assert "SIGTERM: stopped after whole episodes" in out
+    with datasets.Dataset(path) as ds:
+        n = ds.num_agent_steps
+        assert 0 < n < 30000 and n % 300 == 0  # Whole 300-step episodes only.
+    rc, out = run_cli(args[:5] + [f"--num_agent_steps={n + 300}"] + args[6:])
+    assert rc == 0, out
+    with datasets.Dataset(path) as ds:
+        assert ds.num_agent_steps == n + 300
+        assert len(json.loads(ds.attrs["build_seeds"])) == 2
+
+
+def test_trainer_sigterm_saves_checkpoint_and_resumes(tmp_path, teachers_dir, datasets_dir):
+    run = tmp_path / "run"
+    args = ["train.py", "--games=pong,freeway", f"--teachers_dir={teachers_dir}",
+            f"--datasets_dir={datasets_dir}", f"--run_dir={run}",
+            f"--max_episode_frames={SPEC_KW['max_episode_frames']}", "--num_agent_steps=1",
+            "--student_size=net3", "--batch_size_per_game=4", "--checkpoint_every_steps=100000",
+            "--eval_every_steps=100000", "--eval_episodes=1", "--eval_num_envs=1"]
+    p = _start(args + ["--num_grad_steps=100000"])
+    assert _wait_for(lambda: (run / "metrics.jsonl").exists()
+                     and "losses/train_loss" in (run / "metrics.jsonl").read_text(), 180)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    assert "checkpoint saved" in out
+    from multidistill import checkpoints
+
+    step = checkpoints.read_state(run / "checkpoint.npz")["grad_step"]
+    assert 50 <= step < 100000
+    rc, out = run_cli(args + [f"--num_grad_steps={step + 5}"])
+    assert rc == 0, out
+    report = json.loads((run / "report.json").read_text())
+    assert report["training"]["grad_steps"] == step + 5
+    assert report["training"]["trained_steps"] == 5
