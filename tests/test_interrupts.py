@@ -8,6 +8,7 @@ import sys
 import time
 
 from conftest import REPO, SPEC_KW, run_cli
+
 from multidistill import datasets
 
 
