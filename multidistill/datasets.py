@@ -13,6 +13,7 @@ This module is the only one that reads or writes these files. Schema
     /episodes/start    (E,)       int64    index of each episode's first step
     /episodes/length   (E,)       int64    agent steps in each episode
     /episodes/return   (E,)       float64  undiscounted return of each episode
+/committed         (2,)       int64    [E, N]: the episodes and steps that are data
 
 Observations are rebuilt on read: the observation at step i stacks frames
 i-S+1 .. i of the same episode (S = frame_stack), with zeros for frames
@@ -24,10 +25,16 @@ seed, build_seeds (JSON list, one per build session), num_episodes,
 num_agent_steps, mean_teacher_episode_return, versions (JSON: ale-py,
 gymnasium, h5py, multidistill), created_utc, updated_utc.
 
-Only whole episodes are stored. The writer appends an episode's rows first
-and updates the episode table and the counts last, so the counts always
-describe whole episodes; rows past `num_agent_steps` (left by a crash) are
-ignored by readers and cut off by the next writer. Every array is stored
+Only whole episodes are stored. The writer appends an episode's rows first,
+then its line of the episode table, then `committed` (the commit point), so
+`committed` always describes whole episodes; rows past it (an append cut
+short) are not data: readers ignore them and the next writer overwrites
+them. The attributes num_episodes, num_agent_steps and
+mean_teacher_episode_return mirror `committed` (after a crash they may lag
+it by one episode until the next writer opens the file). Appends run in
+HDF5's SWMR mode (files use the HDF5 1.10+ format, libver="latest"), which
+keeps the file readable if the writer is killed at any moment; open such a
+file with `h5py.File(path, "r", swmr=True)`. Every array is stored
 with gzip (lossless) and fletcher32 checksums, so a flipped byte fails the
 read that touches it instead of returning wrong data. Frames are chunked
 by `FRAME_CHUNK_ROWS` consecutive steps: readers read contiguous blocks.
@@ -84,19 +91,116 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 `hashlittle`, the checksum of HDF5 metadata."""
+    m = 0xFFFFFFFF
+
+    def rot(x, k):
+        return ((x << k) | (x >> (32 - k))) & m
+
+    length = len(data)
+    a = b = c = (0xDEADBEEF + length + initval) & m
+    k = 0
+    while length > 12:
+        a = (a + int.from_bytes(data[k:k + 4], "little")) & m
+        b = (b + int.from_bytes(data[k + 4:k + 8], "little")) & m
+        c = (c + int.from_bytes(data[k + 8:k + 12], "little")) & m
+        a = (a - c) & m; a ^= rot(c, 4); c = (c + b) & m  # noqa: E702
+        b = (b - a) & m; b ^= rot(a, 6); a = (a + c) & m  # noqa: E702
+        c = (c - b) & m; c ^= rot(b, 8); b = (b + a) & m  # noqa: E702
+        a = (a - c) & m; a ^= rot(c, 16); c = (c + b) & m  # noqa: E702
+        b = (b - a) & m; b ^= rot(a, 19); a = (a + c) & m  # noqa: E702
+        c = (c - b) & m; c ^= rot(b, 4); b = (b + a) & m  # noqa: E702
+        length -= 12
+        k += 12
+    if length == 0:
+        return c
+    tail = data[k:k + length] + bytes(12 - length)
+    a = (a + int.from_bytes(tail[0:4], "little")) & m
+    b = (b + int.from_bytes(tail[4:8], "little")) & m
+    c = (c + int.from_bytes(tail[8:12], "little")) & m
+    c ^= b; c = (c - rot(b, 14)) & m  # noqa: E702
+    a ^= c; a = (a - rot(c, 11)) & m  # noqa: E702
+    b ^= a; b = (b - rot(a, 25)) & m  # noqa: E702
+    c ^= b; c = (c - rot(b, 16)) & m  # noqa: E702
+    a ^= c; a = (a - rot(c, 4)) & m  # noqa: E702
+    b ^= a; b = (b - rot(a, 14)) & m  # noqa: E702
+    c ^= b; c = (c - rot(b, 24)) & m  # noqa: E702
+    return c
+
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def clear_status_flags(path: str | os.PathLike) -> bool:
+    """Clears the "open for writing" flags that a killed SWMR writer leaves.
+
+    HDF5 refuses to open such a file for writing again (`h5clear` is the C
+    tool for this; it is not shipped with h5py). The flags live in the
+    version 2/3 superblock at offset 0, guarded by a lookup3 checksum. Only
+    call this while holding the dataset's lock (no writer is running).
+
+    Returns:
+      True if flags were set and are now cleared.
+    """
+    with open(path, "r+b") as f:
+        head = f.read(64)
+        if head[:8] != _SIGNATURE or head[8] not in (2, 3):
+            return False
+        size_offsets = head[9]
+        end = 12 + 4 * size_offsets
+        if head[11] == 0 or len(head) < end + 4:
+            return False
+        stored = int.from_bytes(head[end:end + 4], "little")
+        if _lookup3(head[:end]) != stored:
+            return False  # Not the layout we know: leave the file alone.
+        fixed = head[:11] + b"\x00" + head[12:end]
+        f.seek(0)
+        f.write(fixed + _lookup3(fixed).to_bytes(4, "little"))
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _superblock_eof(path: Path) -> int | None:
+    """The end-of-file address a version 2/3 superblock records, if any."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:8] != _SIGNATURE or len(head) < 12 or head[8] not in (2, 3):
+        return None
+    size = head[9]
+    start = 12 + 2 * size
+    return int.from_bytes(head[start:start + size], "little")
+
+
 def _open_h5(path: Path, mode: str):
+    """Opens a dataset file; read mode falls back to SWMR for a file whose
+    writer was killed (its status flags still set), which stays readable."""
     import h5py
 
-    if mode == "r" or path.exists():
-        if not path.exists():
-            raise DatasetError(f"dataset {path} does not exist")
-        if not h5py.is_hdf5(path):
-            raise DatasetError(
-                f"dataset {path} is not an HDF5 file (expected a multidistill "
-                f"dataset; found {path.stat().st_size} bytes of something else)"
-            )
+    if not path.exists():
+        raise DatasetError(f"dataset {path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise DatasetError(
+            f"dataset {path} is not an HDF5 file (expected a multidistill "
+            f"dataset; found {path.stat().st_size} bytes of something else)"
+        )
+    eof, size = _superblock_eof(path), path.stat().st_size
+    if eof is not None and size < eof:
+        # Checked here because an SWMR reader retries (for minutes) on the
+        # reads that a truncated file fails.
+        raise DatasetError(
+            f"dataset {path} is truncated: the file holds {size} bytes, its header "
+            f"says {eof}")
     try:
-        return h5py.File(path, mode)
+        if mode == "r":
+            try:
+                return h5py.File(path, "r", libver="latest")
+            except OSError as e:
+                if "already open for write" not in str(e):
+                    raise
+                return h5py.File(path, "r", libver="latest", swmr=True)
+        return h5py.File(path, mode, libver="latest")
     except OSError as e:
         raise DatasetError(
             f"dataset {path} cannot be opened (truncated or damaged HDF5 file?): {e}"
@@ -108,7 +212,15 @@ class DatasetWriter:
 
     Opening an existing file continues it; its game, preprocessing and
     teacher must be those given here (else `DatasetError`, unless the caller
-    deletes the file and rebuilds).
+    deletes the file and rebuilds). Only one writer may hold a file: callers
+    serialise writers with a lock (see `build_datasets.file_lock`).
+
+    Crash safety: a new file is created under a temporary name and renamed
+    into place; appends run in HDF5's single-writer/multiple-reader (SWMR)
+    mode, whose ordered metadata flushes keep the file readable whenever the
+    process dies; the `committed` array ([episodes, steps]) is written last
+    and is what readers believe. Rows past it (an episode cut short) are
+    overwritten by the next append.
     """
 
     def __init__(
@@ -136,23 +248,38 @@ class DatasetWriter:
             num_actions=self.num_actions,
             feature_dim=self.feature_dim,
         )
-        exists = self.path.exists()
-        if exists:
-            Dataset(self.path).close()  # Full validation before writing.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = None
+        if self.path.exists():
+            clear_status_flags(self.path)
+        else:
+            self._create(expected, rom_md5, teacher_kind, teacher_path, epsilon, seed)
+        with Dataset(self.path) as ds:  # Full validation before writing.
+            self._return_sum = float(np.sum(ds.episode_returns, dtype=np.float64))
         self._f = _open_h5(self.path, "a")
         try:
-            if exists:
-                self._check_matches(expected)
-                self._cut_to_counts()
-            else:
-                self._create(expected, rom_md5, teacher_kind, teacher_path, epsilon, seed)
+            self._f.swmr_mode = True
+            self._check_matches(expected)
+            self._e, self._n = (int(x) for x in self._f["committed"][:])
+            self._sync_attrs()
+            self._f.flush()
         except Exception:
             self._f.close()
+            self._f = None
             raise
 
     def _create(self, expected, rom_md5, teacher_kind, teacher_path, epsilon, seed):
-        f = self._f
+        import h5py
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with h5py.File(tmp, "w", libver="latest") as f:
+            self._create_layout(f, expected, rom_md5, teacher_kind, teacher_path,
+                                epsilon, seed)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def _create_layout(self, f, expected, rom_md5, teacher_kind, teacher_path, epsilon, seed):
         h, w = self.frame_shape
         f.create_dataset(
             "frames", (0, h, w), maxshape=(None, h, w), dtype=np.uint8,
@@ -175,6 +302,7 @@ class DatasetWriter:
         for name, dtype in (("start", np.int64), ("length", np.int64), ("return", np.float64)):
             ep.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,),
                               **_COMPRESSION)
+        f.create_dataset("committed", data=np.zeros(2, np.int64))
         a = f.attrs
         a["schema_version"] = SCHEMA_VERSION
         for k, v in expected.items():
@@ -187,8 +315,10 @@ class DatasetWriter:
         a["build_seeds"] = "[]"
         a["versions"] = json.dumps(_versions(), sort_keys=True)
         a["created_utc"] = _now()
-        self._set_counts(0, 0, float("nan"))
-        f.flush()
+        a["num_agent_steps"] = 0
+        a["num_episodes"] = 0
+        a["mean_teacher_episode_return"] = float("nan")
+        a["updated_utc"] = _now()
 
     def _check_matches(self, expected):
         a = self._f.attrs
@@ -214,34 +344,26 @@ class DatasetWriter:
                 + ". Refusing to mix them: delete the file or pass --rebuild_datasets"
             )
 
-    def _cut_to_counts(self):
-        n = int(self._f.attrs["num_agent_steps"])
-        e = int(self._f.attrs["num_episodes"])
-        for name in _STEP_ARRAYS:
-            if self._f[name].shape[0] != n:
-                self._f[name].resize(n, axis=0)
-        for name in _EPISODE_ARRAYS:
-            if self._f["episodes"][name].shape[0] != e:
-                self._f["episodes"][name].resize(e, axis=0)
-
-    def _set_counts(self, num_steps: int, num_episodes: int, mean_return: float):
+    def _sync_attrs(self):
+        """Mirrors `committed` into the summary attributes."""
         a = self._f.attrs
-        a["num_agent_steps"] = int(num_steps)
-        a["num_episodes"] = int(num_episodes)
-        a["mean_teacher_episode_return"] = float(mean_return)
+        a["num_agent_steps"] = self._n
+        a["num_episodes"] = self._e
+        a["mean_teacher_episode_return"] = (
+            self._return_sum / self._e if self._e else float("nan"))
         a["updated_utc"] = _now()
 
     @property
     def num_agent_steps(self) -> int:
-        return int(self._f.attrs["num_agent_steps"])
+        return self._n
 
     @property
     def num_episodes(self) -> int:
-        return int(self._f.attrs["num_episodes"])
+        return self._e
 
     @property
     def mean_episode_return(self) -> float:
-        return float(self._f.attrs["mean_teacher_episode_return"])
+        return self._return_sum / self._e if self._e else float("nan")
 
     @property
     def build_seeds(self) -> list[int]:
@@ -286,23 +408,28 @@ class DatasetWriter:
         features = np.asarray(episode["teacher_features"], np.float32)
         if features.shape[1] == 0:
             features = np.zeros((t, 1), np.float32)
-        n0 = self.num_agent_steps
-        e0 = self.num_episodes
-        f = self._f
         values = dict(episode, teacher_outputs=outputs,
                       teacher_features=features.astype(np.float16))
-        for name in _STEP_ARRAYS:
-            ds = f[name]
-            ds.resize(n0 + t, axis=0)
-            ds[n0:n0 + t] = values[name]
         ep_return = float(np.sum(episode["rewards"], dtype=np.float64))
-        for name, value in (("start", n0), ("length", t), ("return", ep_return)):
-            ds = f["episodes"][name]
-            ds.resize(e0 + 1, axis=0)
-            ds[e0] = value
-        returns_sum = 0.0 if e0 == 0 else float(f.attrs["mean_teacher_episode_return"]) * e0
-        f.flush()  # Rows reach the file before the counts that cover them.
-        self._set_counts(n0 + t, e0 + 1, (returns_sum + ep_return) / (e0 + 1))
+        n0, e0 = self._n, self._e
+        f = self._f
+        try:
+            # Rows first (over whatever an interrupted append left past the
+            # committed counts), then the episode table, then the commit.
+            for name in _STEP_ARRAYS:
+                _write_rows(f[name], n0, values[name])
+            for name, value in (("start", n0), ("length", t), ("return", ep_return)):
+                _write_rows(f["episodes"][name], e0, np.asarray([value]))
+            f.flush()
+            f["committed"][:] = [e0 + 1, n0 + t]
+            f.flush()
+        except OSError as e:
+            raise DatasetError(
+                f"{self.path}: writing an episode failed ({e}); the {e0} episodes "
+                "written before are intact") from None
+        self._n, self._e = n0 + t, e0 + 1
+        self._return_sum += ep_return
+        self._sync_attrs()
         f.flush()
 
     def close(self):
@@ -315,6 +442,13 @@ class DatasetWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _write_rows(ds, start: int, values: np.ndarray) -> None:
+    stop = start + len(values)
+    if ds.shape[0] < stop:
+        ds.resize(stop, axis=0)
+    ds[start:stop] = values
 
 
 class Dataset:
@@ -330,8 +464,7 @@ class Dataset:
             raise
         a = self._f.attrs
         self.game = str(a["game"])
-        self.num_agent_steps = int(a["num_agent_steps"])
-        self.num_episodes = int(a["num_episodes"])
+        self.num_episodes, self.num_agent_steps = (int(x) for x in self._f["committed"][:])
         self.num_actions = int(a["num_actions"])
         self.feature_dim = int(a["feature_dim"])
         self.teacher_sha256 = str(a["teacher_sha256"])
@@ -355,22 +488,29 @@ class Dataset:
                 f"dataset {self.path} has schema version {version}, this multidistill "
                 f"reads version {SCHEMA_VERSION}: rebuild it (--rebuild_datasets)"
             )
-        missing = [n for n in _STEP_ARRAYS if n not in f] + [
+        missing = [n for n in _STEP_ARRAYS + ("committed",) if n not in f] + [
             "episodes/" + n for n in _EPISODE_ARRAYS if "episodes/" + n not in f
         ]
         if missing:
             raise DatasetError(f"dataset {self.path} lacks the arrays {missing}")
-        n, e = int(a["num_agent_steps"]), int(a["num_episodes"])
+        try:
+            e, n = (int(x) for x in f["committed"][:])
+        except OSError as err:
+            raise DatasetError(f"dataset {self.path}: its counts are unreadable: {err}") from None
         short = [x for x in _STEP_ARRAYS if f[x].shape[0] < n]
         short += ["episodes/" + x for x in _EPISODE_ARRAYS if f["episodes/" + x].shape[0] < e]
         if short:
             raise DatasetError(
-                f"dataset {self.path} is inconsistent: attributes count {n} steps and "
+                f"dataset {self.path} is inconsistent: it counts {n} steps and "
                 f"{e} episodes but {short} hold fewer rows"
             )
         if e:
-            starts = f["episodes/start"][:e]
-            lengths = f["episodes/length"][:e]
+            try:
+                starts = f["episodes/start"][:e]
+                lengths = f["episodes/length"][:e]
+            except OSError as err:
+                raise DatasetError(
+                    f"dataset {self.path}: its episode table is damaged: {err}") from None
             if starts[0] != 0 or (np.diff(starts) != lengths[:-1]).any() or (
                 starts[-1] + lengths[-1] != n
             ):
@@ -384,7 +524,16 @@ class Dataset:
         out = {}
         for k, v in self._f.attrs.items():
             out[k] = v.item() if isinstance(v, np.generic) else v
+        # The committed counts are the truth (the attributes can lag them by
+        # one episode after a crash, until the next writer opens the file).
+        out["num_agent_steps"], out["num_episodes"] = self.num_agent_steps, self.num_episodes
+        out["mean_teacher_episode_return"] = (
+            float(np.mean(self.episode_returns)) if self.num_episodes else float("nan"))
         return out
+
+    @property
+    def build_seeds(self) -> list[int]:
+        return json.loads(self._f.attrs["build_seeds"])
 
     def check_compatible(self, game: str, preprocessing: environments.Preprocessing,
                          teacher_sha256: str | None = None) -> None:
