@@ -142,6 +142,12 @@ class StepResult:
     samples: int
 
 
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    if len(a) == rows:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
+
+
 def _atomic_save_keras(model, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)
@@ -213,10 +219,12 @@ class Distiller:
                 continue
             x, y = batch
             preds = []
-            for k in range(0, len(x["game_id"]), 256):
-                xs = {n: v[k:k + 256] for n, v in x.items()}
+            n = len(x["game_id"])
+            for k in range(0, n, 256):
+                # Fixed-size chunks (the last one padded): one compiled shape.
+                xs = {name: _pad_rows(v[k:k + 256], 256) for name, v in x.items()}
                 preds.append(np.asarray(self.student.predict_on_batch(xs)["logits"]))
-            logits = np.concatenate(preds)
+            logits = np.concatenate(preds)[:n]
             a = self.student.num_actions[g]
             t_out, s_out = y["teacher_outputs"][:, :a], logits[:, :a]
             tau = self.config.temperatures[g]
