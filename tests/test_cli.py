@@ -101,3 +101,8 @@ def test_dataset_of_another_teacher_or_not_hdf5(tmp_path, spec, datasets_dir, te
     (data / "pong.h5").write_text("not hdf5")
     rc, out = run_cli(args)
     assert rc == 2 and "pong.h5 is not an HDF5 file" in out, out
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    rc, out = run_cli(["train.py", "--games=nope", "--verbose"])
+    assert rc == 2 and "Traceback" in out and "unknown game 'nope'" in out, out

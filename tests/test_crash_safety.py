@@ -75,3 +75,40 @@ def test_status_flag_checksum_matches_hdf5(tmp_path, spec):
     end = 12 + 4 * head[9]
     assert datasets._lookup3(head[:end]) == int.from_bytes(head[end:end + 4], "little")
     assert datasets.clear_status_flags(path) is False  # Closed cleanly: nothing to clear.
+
+
+def test_disk_full_while_appending_keeps_earlier_episodes(tmp_path, spec, monkeypatch):
+    import errno
+
+    import h5py
+
+    path = tmp_path / "pong.h5"
+    with new_writer(path, spec) as w:
+        w.append_episode(synthetic_episode(20, seed=1))
+        w.append_episode(synthetic_episode(30, seed=2))
+    real_setitem = h5py.Dataset.__setitem__
+    calls = []
+
+    def full_disk(self, key, value):
+        calls.append(self.name)
+        if len(calls) == 3:  # Fail in the middle of the next episode's rows.
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_setitem(self, key, value)
+
+    w = new_writer(path, spec)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", full_disk)
+    with pytest.raises(datasets.DatasetError,
+                       match="pong.h5: writing an episode failed .*No space left on device.*"
+                             "the 2 episodes written before are intact"):
+        w.append_episode(synthetic_episode(40, seed=3))
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", real_setitem)
+    w.close()
+    with datasets.Dataset(path) as ds:
+        assert (ds.num_episodes, ds.num_agent_steps) == (2, 50)
+        np.testing.assert_array_equal(ds.read_block(20, 50)["actions"],
+                                      synthetic_episode(30, seed=2)["actions"])
+    # Space again: the next append goes where the failed one started.
+    with new_writer(path, spec) as w:
+        w.append_episode(synthetic_episode(5, seed=4))
+    with datasets.Dataset(path) as ds:
+        assert (ds.num_episodes, ds.num_agent_steps) == (3, 55)

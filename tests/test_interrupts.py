@@ -73,3 +73,35 @@ def test_trainer_sigterm_saves_checkpoint_and_resumes(tmp_path, teachers_dir, da
     report = json.loads((run / "report.json").read_text())
     assert report["training"]["grad_steps"] == step + 5
     assert report["training"]["trained_steps"] == 5
+
+
+def test_trainer_sigkill_at_random_points_then_rerun_completes(tmp_path, teachers_dir,
+                                                                datasets_dir):
+    import numpy as np
+
+    from multidistill import checkpoints, distiller
+
+    rng = np.random.default_rng(7)
+    run = tmp_path / "run"
+    args = ["train.py", "--games=pong,freeway", f"--teachers_dir={teachers_dir}",
+            f"--datasets_dir={datasets_dir}", f"--run_dir={run}",
+            f"--max_episode_frames={SPEC_KW['max_episode_frames']}", "--num_agent_steps=1",
+            "--student_size=net3", "--batch_size_per_game=4", "--checkpoint_every_steps=7",
+            "--eval_every_steps=100000", "--eval_episodes=1", "--eval_num_envs=1",
+            "--num_grad_steps=100000"]
+    steps_seen = []
+    for _ in range(3):
+        p = _start(args)
+        assert _wait_for(lambda: (run / "checkpoint.npz").exists(), 180)
+        time.sleep(float(rng.uniform(0.0, 3.0)))
+        p.kill()
+        p.wait()
+        # Whatever moment the kill hit, the checkpoint in place is whole.
+        steps_seen.append(checkpoints.read_state(run / "checkpoint.npz")["grad_step"])
+        assert steps_seen[-1] % 7 == 0
+        distiller.load_student(run / "student.keras")
+    assert steps_seen == sorted(steps_seen)
+    final = steps_seen[-1] + 10
+    rc, out = run_cli(args[:-1] + [f"--num_grad_steps={final}"])
+    assert rc == 0, out
+    assert checkpoints.read_state(run / "checkpoint.npz")["grad_step"] == final
