@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
-from multidistill import build_datasets, cli, distiller, evaluation, networks, pipeline
+from multidistill import build_datasets, cli, datasets, distiller, evaluation, networks, pipeline
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
@@ -32,7 +32,7 @@ PRESETS = {
     "default": {},
     "smoke": {
         "num_agent_steps": 1500,
-        "build_num_envs": 2,
+        "num_envs": 2,
         "num_grad_steps": 60,
         "batch_size_per_game": 8,
         "checkpoint_every_steps": 30,
@@ -48,8 +48,6 @@ build_datasets.define_flags()  # games, teachers_dir, datasets_dir, num_agent_st
 flags.DEFINE_enum("preset", "default", list(PRESETS),
                   "default: the full run (about an hour on 2 CPU cores); smoke: every "
                   "stage on tiny sizes, a few minutes.")
-flags.DEFINE_integer("build_num_envs", 16,
-                     "Environments stepped together while building datasets.")
 flags.DEFINE_string("run_dir", None,
                     "Run directory (default "
                     "runs/<games>_<loss>_<student_size>_<preset>_seed<seed>); an existing "
@@ -95,7 +93,10 @@ def _parse_per_game(text: str, games: list[str], flag: str) -> dict[str, float]:
         name, sep, value = item.partition(":")
         cli.require(bool(sep), f"{flag}: expected game:value pairs, e.g. pong:0.01, found "
                                f"{item!r}")
-        game = games_lib.get_game(name).name
+        try:
+            game = games_lib.get_game(name).name
+        except ValueError as e:
+            raise cli.UsageError(f"{flag}: {e}") from None
         cli.require(game in games, f"{flag}: {game!r} is not in --games ({','.join(games)})")
         try:
             out[game] = float(value)
@@ -113,6 +114,11 @@ def main(argv):
                 f"--batch_size_per_game must be >= 1, found {FLAGS.batch_size_per_game}")
     cli.require(FLAGS.num_grad_steps >= 0,
                 f"--num_grad_steps must be >= 0, found {FLAGS.num_grad_steps}")
+    for name in ("eval_episodes", "eval_num_envs", "num_envs", "num_agent_steps"):
+        cli.require(FLAGS[name].value >= 1, f"--{name} must be >= 1, found {FLAGS[name].value}")
+    cli.require(0.0 <= FLAGS.epsilon <= 1.0, f"--epsilon must be in [0, 1], found {FLAGS.epsilon}")
+    cli.require(0.0 <= FLAGS.eval_epsilon <= 1.0,
+                f"--eval_epsilon must be in [0, 1], found {FLAGS.eval_epsilon}")
 
     # 1. Teachers (all checked before any long work starts).
     teachers = {g: teachers_lib.load_teacher(g, FLAGS.teachers_dir, spec,
@@ -125,7 +131,7 @@ def main(argv):
     try:
         build_config = build_datasets.BuildConfig(
             num_agent_steps=FLAGS.num_agent_steps, epsilon=FLAGS.epsilon,
-            num_envs=FLAGS.build_num_envs, num_threads=FLAGS.num_threads, seed=FLAGS.seed)
+            num_envs=FLAGS.num_envs, num_threads=FLAGS.num_threads, seed=FLAGS.seed)
         config = distiller.DistillConfig(
             games=tuple(game_names), loss=FLAGS.loss,
             temperatures=tuple(temps.get(g, distiller.default_temperature(teachers[g].kind))
@@ -149,13 +155,13 @@ def main(argv):
     print(f"[1/3] datasets in {FLAGS.datasets_dir}: {FLAGS.num_agent_steps:,} agent steps "
           "per game")
     summaries = {}
-    for g in game_names:
+    for g in game_names:  # Refuse unfit files before any long work starts.
         path = build_datasets.dataset_path(FLAGS.datasets_dir, g)
         if path.exists() and not FLAGS.rebuild_datasets:
-            from multidistill import datasets
-
             with datasets.Dataset(path) as ds:
-                ds.check_compatible(g, spec, teachers[g].sha256)
+                ds.check_compatible(g, spec, teachers[g].sha256, FLAGS.epsilon)
+    for g in game_names:
+        path = build_datasets.dataset_path(FLAGS.datasets_dir, g)
         summaries[g] = build_datasets.build_dataset(
             teachers[g], path, build_config, spec, rebuild=FLAGS.rebuild_datasets)
         s = summaries[g]
@@ -175,8 +181,7 @@ def main(argv):
           f"{config.pipeline.batch_size_per_game * len(game_names)} samples)")
     paths = [str(build_datasets.dataset_path(FLAGS.datasets_dir, g)) for g in game_names]
     d = distiller.Distiller(run_dir, config, paths, spec,
-                            teacher_kinds=[teachers[g].kind for g in game_names],
-                            dataset_ids=[teachers[g].sha256 for g in game_names])
+                            teacher_kinds=[teachers[g].kind for g in game_names])
     try:
         train_summary = d.train()
     except KeyboardInterrupt:
@@ -192,6 +197,7 @@ def main(argv):
     report = evaluation.evaluate_run(
         student, game_names, FLAGS.teachers_dir, spec, protocol,
         evaluate_teachers=FLAGS.evaluate_teachers, out_dir=run_dir,
+        allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
         extra={"run_dir": str(run_dir), "preset": FLAGS.preset,
                "training": train_summary, "datasets": summaries,
                "config": config.to_dict()})

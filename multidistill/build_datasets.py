@@ -112,6 +112,15 @@ def build_dataset(
     """
     path = Path(path)
     game = games_lib.get_game(teacher.game, preprocessing.full_action_space)
+    if path.exists() and not rebuild:
+        # Big enough already: read-only, so a training run may hold the file.
+        with datasets.Dataset(path) as ds:
+            ds.check_compatible(game.name, preprocessing, teacher.sha256, config.epsilon)
+            if ds.num_agent_steps >= config.num_agent_steps:
+                return dict(game=game.name, path=str(path), added_agent_steps=0,
+                            num_agent_steps=ds.num_agent_steps,
+                            num_episodes=ds.num_episodes, seconds=0.0,
+                            agent_steps_per_s=0.0, interrupted="")
     with file_lock(path):
         if rebuild and path.exists():
             path.unlink()
@@ -173,10 +182,10 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                     under_way = sum(len(b.rows) for b in buffers)
                     if writer.num_agent_steps + under_way >= config.num_agent_steps:
                         recording[i] = False
-                if not recording.any():
-                    break
                 if stop.requested:  # Whole episodes are written; the rest is dropped.
                     interrupted = stop.name
+                    break
+                if not recording.any():
                     break
         finally:
             env.close()
@@ -247,7 +256,7 @@ def ensure_datasets(
         path = dataset_path(datasets_dir, game)
         if path.exists() and not rebuild:
             with datasets.Dataset(path) as ds:
-                ds.check_compatible(game, preprocessing, teacher.sha256)
+                ds.check_compatible(game, preprocessing, teacher.sha256, config.epsilon)
         summaries[game] = build_dataset(teacher, path, config, preprocessing,
                                         rebuild=rebuild, progress=progress)
         if summaries[game].get("interrupted"):
@@ -298,7 +307,8 @@ def define_flags():
     flags.DEFINE_float("epsilon", BuildConfig.epsilon,
                        "Probability of a uniformly random action while recording.")
     flags.DEFINE_integer("num_envs", BuildConfig.num_envs,
-                         "Environments stepped together (one batched teacher call per step).")
+                         "Environments stepped together while recording (one batched "
+                         "teacher call per step).")
     flags.DEFINE_integer("num_threads", BuildConfig.num_threads,
                          "Emulator threads (0: one per CPU core).")
     flags.DEFINE_integer("seed", BuildConfig.seed, "Base seed (environments, exploration).")

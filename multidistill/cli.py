@@ -67,13 +67,11 @@ def run(main: Callable[[list[str]], None]) -> None:
             print(f"error: unexpected arguments {argv[1:]} (flags are --name=value)",
                   file=sys.stderr)
             sys.exit(2)
-        from multidistill.datasets import DatasetError
-        from multidistill.teachers import TeacherError
-
         try:
             main(argv)
-        except (UsageError, DatasetError, TeacherError, ValueError, FileExistsError,
-                PermissionError, FileNotFoundError) as e:
+        # Every error of ours is a ValueError subclass (DatasetError, TeacherError,
+        # TrainingError, CheckpointError, UsageError); OSErrors are I/O failures.
+        except (ValueError, OSError) as e:
             if getattr(FLAGS, "verbose", False):
                 traceback.print_exc()
             print(f"error: {e}", file=sys.stderr)

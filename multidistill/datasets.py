@@ -202,6 +202,10 @@ def _open_h5(path: Path, mode: str):
                 return h5py.File(path, "r", libver="latest", swmr=True)
         return h5py.File(path, mode, libver="latest")
     except OSError as e:
+        if "lock" in str(e).lower():
+            raise DatasetError(
+                f"dataset {path} is open in another process (a training run or a "
+                f"reader): close it to append to the file ({e})") from None
         raise DatasetError(
             f"dataset {path} cannot be opened (truncated or damaged HDF5 file?): {e}"
         ) from None
@@ -247,6 +251,7 @@ class DatasetWriter:
             teacher_sha256=teacher_sha256,
             num_actions=self.num_actions,
             feature_dim=self.feature_dim,
+            epsilon=float(epsilon),
         )
         self._f = None
         if self.path.exists():
@@ -310,7 +315,6 @@ class DatasetWriter:
         a["rom_md5"] = rom_md5
         a["teacher_kind"] = teacher_kind
         a["teacher_path"] = str(teacher_path)
-        a["epsilon"] = float(epsilon)
         a["seed"] = int(seed)
         a["build_seeds"] = "[]"
         a["versions"] = json.dumps(_versions(), sort_keys=True)
@@ -536,9 +540,14 @@ class Dataset:
         return json.loads(self._f.attrs["build_seeds"])
 
     def check_compatible(self, game: str, preprocessing: environments.Preprocessing,
-                         teacher_sha256: str | None = None) -> None:
-        """Raises DatasetError unless built for this game, spec and teacher."""
+                         teacher_sha256: str | None = None,
+                         epsilon: float | None = None) -> None:
+        """Raises DatasetError unless built for this game, spec, teacher and epsilon."""
         problems = []
+        file_eps = float(self._f.attrs["epsilon"])
+        if epsilon is not None and file_eps != float(epsilon):
+            problems.append(f"it was recorded with epsilon {file_eps}, the run asks for "
+                            f"{float(epsilon)}")
         if self.game != game:
             problems.append(f"game is {self.game!r}, expected {game!r}")
         if self.preprocessing != preprocessing:

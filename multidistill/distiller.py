@@ -38,7 +38,7 @@ from multidistill import (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ValueError):
     """Training cannot go on (NaN loss, run directory of another run)."""
 
 
@@ -142,6 +142,13 @@ class StepResult:
     samples: int
 
 
+def _dataset_identity(ds) -> dict:
+    """What fixes a dataset's batches: its teacher, content size and seeds."""
+    return {"game": ds.game, "teacher_sha256": ds.teacher_sha256,
+            "num_agent_steps": ds.num_agent_steps, "num_episodes": ds.num_episodes,
+            "build_seeds": ds.build_seeds}
+
+
 def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     if len(a) == rows:
         return a
@@ -159,18 +166,22 @@ class Distiller:
 
     def __init__(self, run_dir: str | os.PathLike, config: DistillConfig,
                  dataset_paths: Sequence[str], spec: environments.Preprocessing,
-                 teacher_kinds: Sequence[str], dataset_ids: Sequence[str] = ()):
+                 teacher_kinds: Sequence[str]):
         self.run_dir = Path(run_dir)
         self.config = config
         self.spec = spec
-        self.sampler = pipeline.MultiGameSampler(dataset_paths, config.pipeline)
+        self.sampler = pipeline.MultiGameSampler(dataset_paths, config.pipeline,
+                                                 with_features=config.feature_beta > 0)
         for game, ds in zip(config.games, self.sampler.datasets):
             if ds.game != game:
                 raise TrainingError(f"dataset {ds.path} is for {ds.game!r}, expected {game!r}")
         num_actions = [ds.num_actions for ds in self.sampler.datasets]
         feature_dims = [ds.feature_dim for ds in self.sampler.datasets]
-        run_identity = {"config": config.identity(), "teacher_kinds": list(teacher_kinds),
-                        "datasets": list(dataset_ids), "preprocessing": spec.to_dict()}
+        # Compared as JSON (tuples and lists alike), as config.json stores it.
+        run_identity = json.loads(json.dumps(
+            {"config": config.identity(), "teacher_kinds": list(teacher_kinds),
+             "datasets": [_dataset_identity(ds) for ds in self.sampler.datasets],
+             "preprocessing": spec.to_dict()}))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "config.json"
         if config_path.exists():
@@ -179,8 +190,9 @@ class Distiller:
                 diff = [k for k in run_identity
                         if previous.get("identity", {}).get(k) != run_identity[k]]
                 raise TrainingError(
-                    f"run directory {self.run_dir} holds a run with other settings "
-                    f"(differs in: {', '.join(diff)}): use another --run_dir, or delete it")
+                    f"run directory {self.run_dir} holds a run with other settings or "
+                    f"other datasets (differs in: {', '.join(diff)}): a resumed run must "
+                    "see the data it started with; use another --run_dir, or delete it")
         checkpoints.atomic_write_bytes(config_path, json.dumps(
             {"identity": run_identity, "config": config.to_dict()}, indent=2).encode())
         self.student, self.optimizer = build_student(

@@ -35,6 +35,9 @@ def define_flags():
                          "Environment i is seeded with eval_seed + i.")
     flags.DEFINE_bool("evaluate_teachers", True,
                       "Play the teachers too (else use their cards' scores).")
+    flags.DEFINE_bool("allow_unsafe_teacher", False,
+                      "Allow teacher files that need unsafe Keras deserialisation "
+                      "(they can run code): only for files you trust.")
     cli.define_verbose_flag()
 
 
@@ -46,6 +49,10 @@ def main(argv):
     games = (games_lib.parse_games(FLAGS.games) if FLAGS.games.strip()
              else list(student.games))
     spec = environments.Preprocessing.from_dict(student.preprocessing, FLAGS.student)
+    cli.require(FLAGS.eval_episodes >= 1,
+                f"--eval_episodes must be >= 1, found {FLAGS.eval_episodes}")
+    cli.require(FLAGS.eval_num_envs >= 1,
+                f"--eval_num_envs must be >= 1, found {FLAGS.eval_num_envs}")
     try:
         protocol = evaluation.EvalProtocol(num_episodes=FLAGS.eval_episodes,
                                            epsilon=FLAGS.eval_epsilon,
@@ -55,7 +62,8 @@ def main(argv):
     out_dir = Path(FLAGS.output_dir or Path(FLAGS.student).parent)
     report = evaluation.evaluate_run(student, games, FLAGS.teachers_dir, spec, protocol,
                                      evaluate_teachers=FLAGS.evaluate_teachers,
-                                     out_dir=out_dir, extra={"student": FLAGS.student})
+                                     out_dir=out_dir, extra={"student": FLAGS.student},
+                                     allow_unsafe_teacher=FLAGS.allow_unsafe_teacher)
     print(evaluation.report_markdown(report))
     print(f"report: {out_dir / 'report.md'}")
 

@@ -181,7 +181,7 @@ def teacher_kinds_of(student) -> dict[str, str]:
 def evaluate_run(student, games, teachers_dir, preprocessing: environments.Preprocessing,
                  protocol: EvalProtocol, evaluate_teachers: bool = True,
                  out_dir: str | os.PathLike | None = None, progress: bool = True,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, allow_unsafe_teacher: bool = False) -> dict:
     """Evaluates the student on `games` (and their teachers), writes the report.
 
     Teachers are played under the same protocol and seeds as the student
@@ -199,7 +199,8 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
     student_scores, teacher_scores = {}, {}
     for game in games:
         if evaluate_teachers:
-            teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing)
+            teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing,
+                                                allow_unsafe=allow_unsafe_teacher)
             s = evaluate(game, predict_fn(teacher.model), teacher.kind, preprocessing,
                          protocol, progress, label=f"{game} teacher")
             teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
@@ -249,7 +250,8 @@ def make_report(student_scores: dict[str, Scores], teacher_scores: dict[str, dic
     for game, s in student_scores.items():
         info = games_lib.get_game(game)
         t = teacher_scores[game]
-        ratio = s.mean / t["mean"] if t["mean"] else None
+        # A ratio of scores means something only for a positive teacher score.
+        ratio = s.mean / t["mean"] if t["mean"] > 0 else None
         rnd = info.random_score
         above = None
         if rnd is not None and t["mean"] != rnd:
@@ -267,17 +269,21 @@ def make_report(student_scores: dict[str, Scores], teacher_scores: dict[str, dic
         if ratio is not None:
             ratios.append(ratio)
         if above is not None:
-            ratios_above_random.append(max(above, 0.01))
+            ratios_above_random.append(above)
     gm = _geometric_mean(ratios) if len(ratios) == len(rows) else None
+    gm_above = (_geometric_mean(ratios_above_random)
+                if len(ratios_above_random) == len(rows) else None)
     return {
         "games": rows,
         "geometric_mean_percent_of_teacher": None if gm is None else 100 * gm,
         "geometric_mean_percent_of_teacher_note": (
             "Rusu et al.'s metric: geometric mean over games of student/teacher "
-            "mean score; undefined (null) when a ratio is <= 0, e.g. negative Pong scores"),
+            "mean score; undefined (null) when a teacher's score is <= 0 (e.g. "
+            "negative Pong scores) or a ratio is <= 0. The 'above random' variant uses "
+            "(student - random) / (teacher - random) and is null when a student is "
+            "at or below random."),
         "geometric_mean_percent_of_teacher_above_random": (
-            None if len(ratios_above_random) != len(rows)
-            else 100 * _geometric_mean(ratios_above_random)),
+            None if gm_above is None else 100 * gm_above),
         "protocol": protocol.to_dict(),
         "preprocessing": preprocessing.to_dict(),
         **(extra or {}),

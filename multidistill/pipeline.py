@@ -86,8 +86,9 @@ class _GameWindow:
     """The block window of one game's dataset."""
 
     def __init__(self, ds: datasets_lib.Dataset, index: int, config: PipelineConfig,
-                 per_batch: int):
+                 per_batch: int, with_features: bool = True):
         self.ds = ds
+        self.with_features = with_features
         self.index = index
         self.config = config
         self.stack = ds.preprocessing.frame_stack
@@ -117,21 +118,12 @@ class _GameWindow:
         align = datasets_lib.FRAME_CHUNK_ROWS
         if last <= 0:
             return 0
-        return int(min(rng.integers(0, last // align + 1) * align, last))
+        # Chunk-aligned starts, plus `last` itself so the final rows are reachable.
+        return int(min(rng.integers(0, last // align + 2) * align, last))
 
     def _load(self, start: int) -> dict:
-        stop = start + self.block_rows
-        lo = max(0, start - (self.stack - 1))
-        frames = self.ds._read("frames", lo, stop)
-        block = {
-            "frames": frames,
-            "prefix": start - lo,
-            "offsets": self.ds.episode_offsets(start, stop),
-            "teacher_outputs": self.ds._read("teacher_outputs", start, stop),
-            "teacher_features": self.ds._read("teacher_features", start, stop),
-            "actions": self.ds._read("actions", start, stop),
-        }
-        return block
+        return load_block(self.ds, start, start + self.block_rows, self.stack,
+                          self.with_features)
 
     def window(self, batch: int) -> list[dict]:
         blocks = []
@@ -150,6 +142,22 @@ class _GameWindow:
         slot_idx = rng.integers(0, len(blocks), size=n)
         row_idx = rng.integers(0, self.block_rows, size=n)
         return gather(blocks, slot_idx, row_idx, self.stack)
+
+
+def load_block(ds: datasets_lib.Dataset, start: int, stop: int, stack: int,
+               with_features: bool = True) -> dict:
+    """Rows start..stop-1 of a dataset, with the frames their stacks need."""
+    lo = max(0, start - (stack - 1))
+    n = stop - start
+    return {
+        "frames": ds._read("frames", lo, stop),
+        "prefix": start - lo,
+        "offsets": ds.episode_offsets(start, stop),
+        "teacher_outputs": ds._read("teacher_outputs", start, stop),
+        "teacher_features": (ds._read("teacher_features", start, stop) if with_features
+                             else np.zeros((n, 1), np.float16)),
+        "actions": ds._read("actions", start, stop),
+    }
 
 
 def gather(blocks: list[dict], slot_idx, row_idx, stack: int) -> dict[str, np.ndarray]:
@@ -181,7 +189,17 @@ class MultiGameSampler:
     """Batches across games; `batch(i)` is a pure function of (seed, i)."""
 
     def __init__(self, paths: Sequence[str], config: PipelineConfig,
-                 max_actions: int | None = None, max_feature_dim: int | None = None):
+                 max_actions: int | None = None, max_feature_dim: int | None = None,
+                 with_features: bool = True):
+        """Opens the datasets.
+
+        Args:
+          paths: one dataset per game, in head order.
+          config: sampling settings.
+          max_actions: width of the padded teacher outputs (default: widest).
+          max_feature_dim: width of the padded features (default: widest).
+          with_features: read teacher features (off: zeros, less to read).
+        """
         self.config = config
         self.datasets = [datasets_lib.Dataset(p) for p in paths]
         g = len(self.datasets)
@@ -189,7 +207,7 @@ class MultiGameSampler:
         if len(weights) != g:
             raise ValueError(f"game_weights has {len(weights)} entries for {g} games")
         self.counts = _split_counts(config.batch_size_per_game * g, weights)
-        self.windows = [_GameWindow(ds, i, config, c)
+        self.windows = [_GameWindow(ds, i, config, c, with_features)
                         for i, (ds, c) in enumerate(zip(self.datasets, self.counts))]
         self.max_actions = max_actions or max(ds.num_actions for ds in self.datasets)
         self.max_feature_dim = max_feature_dim or max(
@@ -233,17 +251,17 @@ class MultiGameSampler:
         if hi <= lo:
             return None
         rows = np.unique(np.linspace(lo, hi - 1, num=min(max_rows, hi - lo)).astype(int))
-        ds = self.datasets[game_index]
-        block = ds.read_block(lo, hi) if hi - lo <= 8192 else None
-        if block is None:  # Large hold-out: read the rows in a few contiguous spans.
-            picks = [ds.read_block(int(r), int(r) + 1) for r in rows]
-            block = {k: np.concatenate([p[k] for p in picks]) for k in picks[0]}
-            sel = np.arange(len(rows))
-        else:
-            sel = rows - lo
-        part = {k: block[k][sel] for k in
-                ("observations", "teacher_outputs", "teacher_features", "actions")}
-        part["actions"] = part["actions"].astype(np.int32)
+        # Read in spans of at most 4096 rows; stack only the rows kept.
+        parts = []
+        for start in range(lo, hi, 4096):
+            stop = min(start + 4096, hi)
+            picked = rows[(rows >= start) & (rows < stop)]
+            if len(picked):
+                block = load_block(self.datasets[game_index], start, stop, w.stack,
+                                   w.with_features)
+                parts.append(gather([block], np.zeros(len(picked), int), picked - start,
+                                    w.stack))
+        part = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return self._assemble([(game_index, part)])
 
     def iterate(self, start_batch: int):

@@ -275,6 +275,10 @@ def load_teacher(
             f"teacher {model_path} is not a loadable Keras model: {type(e).__name__}: "
             f"{text.splitlines()[0] if text else ''}"
         ) from None
+    if len(model.outputs) != 1:
+        raise TeacherError(
+            f"teacher {model_path} has {len(model.outputs)} outputs, expected one: "
+            "the Q-values or logits of every action (save a model without extra heads)")
     expected_obs = spec.observation_shape
     found_obs = tuple(model.inputs[0].shape[1:])
     if len(model.inputs) != 1 or found_obs != expected_obs:

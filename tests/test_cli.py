@@ -7,7 +7,7 @@ import pytest
 from conftest import SPEC_KW, make_teacher, run_cli
 
 TINY = [f"--max_episode_frames={SPEC_KW['max_episode_frames']}", "--num_agent_steps=300",
-        "--build_num_envs=2", "--num_grad_steps=12", "--batch_size_per_game=4",
+        "--num_envs=2", "--num_grad_steps=12", "--batch_size_per_game=4",
         "--student_size=net3", "--eval_episodes=1", "--eval_num_envs=1",
         "--checkpoint_every_steps=6", "--eval_every_steps=6"]
 

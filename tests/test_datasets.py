@@ -84,7 +84,9 @@ def test_other_teacher_or_spec_is_refused(tmp_path, spec):
             ds.check_compatible("pong", spec, "c" * 64)
         with pytest.raises(datasets.DatasetError, match="sticky_action_prob: 0.0 in file"):
             ds.check_compatible("pong", other)
-        ds.check_compatible("pong", spec, "a" * 64)
+        with pytest.raises(datasets.DatasetError, match="recorded with epsilon 0.05.*asks for 0.1"):
+            ds.check_compatible("pong", spec, "a" * 64, epsilon=0.1)
+        ds.check_compatible("pong", spec, "a" * 64, epsilon=0.05)
     # The refused writers left the file intact.
     with datasets.Dataset(path) as ds:
         assert ds.num_agent_steps == 4

@@ -64,6 +64,17 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, datasets_dir, spec):
     resumed.close()
 
 
+def test_resume_with_game_weights(tmp_path, datasets_dir, spec):
+    cfg = dict(pipeline=pipeline.PipelineConfig(batch_size_per_game=4, game_weights=(2.0, 1.0),
+                                                block_rows=64, blocks_in_memory=4))
+    d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=3, **cfg))
+    d.train(progress=False)
+    d.close()
+    d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=5, **cfg))
+    assert d.grad_step == 3
+    d.close()
+
+
 def test_run_dir_of_another_run_is_refused(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=1))
     d.close()

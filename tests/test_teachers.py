@@ -88,3 +88,13 @@ def test_acting_rules():
     # Epsilon: random actions with probability epsilon (uniform over 3 actions).
     a = teachers.act(q, "q_values", 0.3, np.random.default_rng(1))
     assert 0.15 < np.mean(a != 1) < 0.25  # 0.3 * 2/3 = 0.2
+
+
+def test_teacher_with_two_outputs_refused(tmp_path, spec):
+    model = networks.build_teacher_network(6, spec.observation_shape, (4, 4, 4), 8,
+                                           with_value=True)
+    model.save(tmp_path / "pong.keras")
+    teachers.write_card(tmp_path / "pong.json", {
+        "game": "pong", "kind": "logits", "preprocessing": spec.to_dict()})
+    with pytest.raises(teachers.TeacherError, match="has 2 outputs, expected one"):
+        teachers.load_teacher("pong", tmp_path, spec)

@@ -1,0 +1,60 @@
+"""Evaluation protocol and report numbers against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from multidistill import environments, evaluation
+
+
+def _scores(returns):
+    return evaluation.Scores(returns=list(returns), lengths=[1] * len(returns), seconds=0.0)
+
+
+def test_report_ratios_human_normalised_and_geometric_mean():
+    student = {"freeway": _scores([20.0, 22.0]), "qbert": _scores([4163.9, 4163.9])}
+    teacher = {"freeway": {"mean": 25.0, "std": 0.0, "episodes": 2},
+               "qbert": {"mean": 8163.9, "std": 0.0, "episodes": 2}}
+    r = evaluation.make_report(student, teacher, evaluation.EvalProtocol(num_episodes=2),
+                               environments.Preprocessing())
+    fw, qb = r["games"]["freeway"], r["games"]["qbert"]
+    assert fw["student_percent_of_teacher"] == pytest.approx(84.0)        # 21 / 25
+    assert fw["student_human_normalized"] == pytest.approx(21.0 / 29.6)  # random 0
+    assert qb["student_percent_of_teacher_above_random"] == pytest.approx(50.0)
+    assert r["geometric_mean_percent_of_teacher"] == pytest.approx(
+        100 * math.sqrt(0.84 * (4163.9 / 8163.9)))
+    md = evaluation.report_markdown(r)
+    assert "| freeway | 25.0 ± 0.0 | 21.0 ± 1.0 | 84.0 |" in md
+
+
+def test_ratio_undefined_for_a_non_positive_teacher_score():
+    student = {"pong": _scores([-20.0])}
+    teacher = {"pong": {"mean": -15.0, "std": 0.0, "episodes": 1}}
+    r = evaluation.make_report(student, teacher, evaluation.EvalProtocol(num_episodes=1),
+                               environments.Preprocessing())
+    row = r["games"]["pong"]
+    assert row["student_percent_of_teacher"] is None
+    assert r["geometric_mean_percent_of_teacher"] is None
+    # Above random (-20.7): (-20 + 20.7) / (-15 + 20.7).
+    assert row["student_percent_of_teacher_above_random"] == pytest.approx(100 * 0.7 / 5.7)
+
+
+def test_episode_quota_spreads_episodes_over_envs(spec):
+    calls = []
+
+    def predict(obs):
+        calls.append(len(obs))
+        return np.tile([0.0, 1.0, 0.0], (len(obs), 1))  # Always UP.
+
+    s = evaluation.evaluate("freeway", predict, "q_values", spec,
+                            evaluation.EvalProtocol(num_episodes=3, num_envs=2, epsilon=0.0),
+                            progress=False)
+    # Episodes are capped at 1200 frames = 300 agent steps; 3 episodes, 2 envs.
+    assert len(s.returns) == 3 and s.lengths == [300, 300, 300]
+    assert set(calls) == {2}
+    # Same seeds, same policy: the same scores.
+    s2 = evaluation.evaluate("freeway", predict, "q_values", spec,
+                             evaluation.EvalProtocol(num_episodes=3, num_envs=2, epsilon=0.0),
+                             progress=False)
+    assert s2.returns == s.returns and s.mean > 0
