@@ -137,6 +137,9 @@ def main(argv):
     state = {"wall_clock_s": 0.0, "best_eval": None, "last_eval_frames": 0}
     if ckpt_path.exists():
         saved = checkpoints.read_state(ckpt_path)
+        if isinstance(saved.get("algo"), dict):  # Checkpoints of 0.1.0 dev runs.
+            saved["algo_state"] = saved.pop("algo")
+            saved["algo"] = run_key["algo"]
         for k in ("game", "algo"):
             if saved.get(k) != run_key[k]:
                 raise checkpoints.CheckpointError(
@@ -149,7 +152,7 @@ def main(argv):
                 + "; ".join(theirs.differences(spec)).replace("here vs", "checkpoint vs asked")
                 + ": use another --checkpoint_dir")
         saved = checkpoints.restore(ckpt_path, algo.learner, algo.optimizer)
-        algo.load_state(saved["algo"])
+        algo.load_state(saved.get("algo_state") or saved["algo"])
         state.update(saved["run"])
         print(f"resuming {ckpt_path} at {algo.agent_steps * spec.frame_skip:,} frames")
     elif FLAGS.init_from_teacher:
@@ -172,10 +175,11 @@ def main(argv):
     def save_checkpoint():
         state["wall_clock_s"] = time.perf_counter() - t_start
         checkpoints.save(ckpt_path, algo.learner, algo.optimizer,
-                         dict(run_key, algo=algo.state(), run=state))
+                         dict(run_key, algo_state=algo.state(), run=state))
         summaries.plot_curves(
             ckpt_dir / "metrics.jsonl", ckpt_dir / "learning_curve.png",
-            [("episode return", ["charts/episodic_return", "eval/mean_return"])],
+            [("episode return", ["charts/episodic_return", "eval/mean_return"]),
+             ("loss", ["losses/loss"])],
             "emulator frames")
 
     def evaluate_and_export():
@@ -233,9 +237,9 @@ def main(argv):
         raise SystemExit(130) from None
     finally:
         bar.close()
-    save_checkpoint()
     if state["last_eval_frames"] < frames:
         evaluate_and_export()
+    save_checkpoint()
     algo.close()
     writer.close()
     if FLAGS.final_eval_episodes > 0:
