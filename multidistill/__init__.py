@@ -55,3 +55,7 @@ try:
     _import_tensorflow_quietly()
 except ImportError:
     pass  # Keras reports a missing backend itself, with its own message.
+
+# Registers the student class with Keras, so that after `import multidistill`
+# a saved student loads with plain `keras.saving.load_model`.
+from multidistill import networks as _networks  # noqa: E402, F401

@@ -37,7 +37,7 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
     assert json.loads((run / "report.json").read_text())["training"]["trained_steps"] == 2
 
     # The student loads in a fresh process with one head per game.
-    code = ("import keras, multidistill.networks as n; m = keras.saving.load_model("
+    code = ("import keras, multidistill; m = keras.saving.load_model("
             f"'{run / 'student.keras'}'); print(m.games, m.num_actions)")
     rc, out = run_cli(["-c", code])
     assert rc == 0 and "['pong', 'freeway'] [6, 3]" in out, out

@@ -105,3 +105,37 @@ def test_trainer_sigkill_at_random_points_then_rerun_completes(tmp_path, teacher
     rc, out = run_cli(args[:-1] + [f"--num_grad_steps={final}"])
     assert rc == 0, out
     assert checkpoints.read_state(run / "checkpoint.npz")["grad_step"] == final
+
+
+def test_builder_sigkill_at_random_points_then_rerun_completes(tmp_path, teachers_dir):
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    path = tmp_path / "pong.h5"
+    args = ["-m", "multidistill.build_datasets", "--games=pong",
+            f"--teachers_dir={teachers_dir}", f"--datasets_dir={tmp_path}",
+            "--num_agent_steps=30000", "--num_envs=2",
+            f"--max_episode_frames={SPEC_KW['max_episode_frames']}"]
+    for _ in range(3):
+        p = _start(args)
+        _wait_for(lambda: path.exists(), 120)
+        time.sleep(float(rng.uniform(0.5, 6.0)))
+        p.kill()
+        p.wait()
+        with datasets.Dataset(path) as ds:  # Readable; whole 300-step episodes only.
+            assert ds.num_agent_steps % 300 == 0
+            ds.read_block(0, ds.num_agent_steps)
+    with datasets.Dataset(path) as ds:
+        before, seeds = ds.num_agent_steps, json.loads(ds.attrs["build_seeds"])
+    target = before + 1200
+    rc, out = run_cli(args[:5] + [f"--num_agent_steps={target}"] + args[6:])
+    assert rc == 0, out
+    with datasets.Dataset(path) as ds:
+        assert target <= ds.num_agent_steps <= target + 300  # + an episode under way
+        new_seeds = json.loads(ds.attrs["build_seeds"])
+        assert len(new_seeds) == len(seeds) + 1 and len(set(new_seeds)) == len(new_seeds)
+        # No episode recorded twice: every episode's frames differ.
+        frames = ds.read_block(0, ds.num_agent_steps)["observations"][:, -1]
+        digests = {frames[s:s + t].tobytes().__hash__()
+                   for s, t in zip(ds.episode_starts, ds.episode_lengths)}
+        assert len(digests) == ds.num_episodes
