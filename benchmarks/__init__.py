@@ -1,0 +1,1 @@
+"""Benchmarks of multidistill's product paths (see benchmarks/README.md)."""
