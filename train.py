@@ -46,7 +46,7 @@ PRESETS = {
 
 build_datasets.define_flags()  # games, teachers_dir, datasets_dir, num_agent_steps, ...
 flags.DEFINE_enum("preset", "default", list(PRESETS),
-                  "default: the full run (about an hour on 2 CPU cores); smoke: every "
+                  "default: the full run (about 35 minutes on 2 CPU cores); smoke: every "
                   "stage on tiny sizes, a few minutes.")
 flags.DEFINE_string("run_dir", None,
                     "Run directory (default "
