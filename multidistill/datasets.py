@@ -56,6 +56,9 @@ SCHEMA_VERSION = 1
 FRAME_CHUNK_ROWS = 64
 _SMALL_CHUNK_ROWS = 4096
 _COMPRESSION = dict(compression="gzip", compression_opts=1, shuffle=False, fletcher32=True)
+# Byte shuffling groups the bytes of floats by significance: about a quarter
+# smaller teacher features (mostly ReLU zeros) at no read cost.
+_FLOAT_COMPRESSION = dict(_COMPRESSION, shuffle=True)
 
 _STEP_ARRAYS = (
     "frames",
@@ -297,7 +300,7 @@ class DatasetWriter:
             f.create_dataset(
                 name, (0, width), maxshape=(None, width), dtype=dtype,
                 chunks=(max(1, min(_SMALL_CHUNK_ROWS, (1 << 18) // (width * 4))), width),
-                **_COMPRESSION,
+                **_FLOAT_COMPRESSION,
             )
         for name, dtype in (("actions", np.uint8), ("rewards", np.float32),
                             ("terminated", bool), ("truncated", bool)):
