@@ -14,6 +14,7 @@ This module is the only one that reads or writes these files. Schema
     /episodes/length   (E,)       int64    agent steps in each episode
     /episodes/return   (E,)       float64  undiscounted return of each episode
 /committed         (2,)       int64    [E, N]: the episodes and steps that are data
+/build_seeds       (S,)       int64    environment seed of each build session
 
 Observations are rebuilt on read: the observation at step i stacks frames
 i-S+1 .. i of the same episode (S = frame_stack), with zeros for frames
@@ -21,9 +22,9 @@ before the episode's first step, exactly as the environment showed them.
 
 File attributes: schema_version, game, rom_md5, num_actions, feature_dim,
 preprocessing (JSON), teacher_sha256, teacher_kind, teacher_path, epsilon,
-seed, build_seeds (JSON list, one per build session), num_episodes,
+seed, num_episodes,
 num_agent_steps, mean_teacher_episode_return, versions (JSON: ale-py,
-gymnasium, h5py, multidistill), created_utc, updated_utc.
+gymnasium, h5py, multidistill), created_utc.
 
 Only whole episodes are stored. The writer appends an episode's rows first,
 then its line of the episode table, then `committed` (the commit point), so
@@ -311,6 +312,7 @@ class DatasetWriter:
             ep.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,),
                               **_COMPRESSION)
         f.create_dataset("committed", data=np.zeros(2, np.int64))
+        f.create_dataset("build_seeds", (0,), maxshape=(None,), dtype=np.int64, chunks=(64,))
         a = f.attrs
         a["schema_version"] = SCHEMA_VERSION
         for k, v in expected.items():
@@ -319,13 +321,11 @@ class DatasetWriter:
         a["teacher_kind"] = teacher_kind
         a["teacher_path"] = str(teacher_path)
         a["seed"] = int(seed)
-        a["build_seeds"] = "[]"
         a["versions"] = json.dumps(_versions(), sort_keys=True)
         a["created_utc"] = _now()
         a["num_agent_steps"] = 0
         a["num_episodes"] = 0
         a["mean_teacher_episode_return"] = float("nan")
-        a["updated_utc"] = _now()
 
     def _check_matches(self, expected):
         a = self._f.attrs
@@ -352,13 +352,17 @@ class DatasetWriter:
             )
 
     def _sync_attrs(self):
-        """Mirrors `committed` into the summary attributes."""
+        """Mirrors `committed` into the summary attributes.
+
+        Only fixed-size attributes change after creation: HDF5's SWMR mode
+        does not support rewriting variable-length ones (strings), which a
+        kill can leave unreadable.
+        """
         a = self._f.attrs
         a["num_agent_steps"] = self._n
         a["num_episodes"] = self._e
         a["mean_teacher_episode_return"] = (
             self._return_sum / self._e if self._e else float("nan"))
-        a["updated_utc"] = _now()
 
     @property
     def num_agent_steps(self) -> int:
@@ -374,11 +378,11 @@ class DatasetWriter:
 
     @property
     def build_seeds(self) -> list[int]:
-        return json.loads(self._f.attrs["build_seeds"])
+        return [int(x) for x in self._f["build_seeds"][:]]
 
     def start_session(self, seed: int) -> None:
         """Records the environment seed of one build session."""
-        self._f.attrs["build_seeds"] = json.dumps(self.build_seeds + [int(seed)])
+        _write_rows(self._f["build_seeds"], len(self.build_seeds), np.asarray([int(seed)]))
         self._f.flush()
 
     def append_episode(self, episode: dict[str, np.ndarray]) -> None:
@@ -495,7 +499,7 @@ class Dataset:
                 f"dataset {self.path} has schema version {version}, this multidistill "
                 f"reads version {SCHEMA_VERSION}: rebuild it (--rebuild_datasets)"
             )
-        missing = [n for n in _STEP_ARRAYS + ("committed",) if n not in f] + [
+        missing = [n for n in _STEP_ARRAYS + ("committed", "build_seeds") if n not in f] + [
             "episodes/" + n for n in _EPISODE_ARRAYS if "episodes/" + n not in f
         ]
         if missing:
@@ -540,7 +544,7 @@ class Dataset:
 
     @property
     def build_seeds(self) -> list[int]:
-        return json.loads(self._f.attrs["build_seeds"])
+        return [int(x) for x in self._f["build_seeds"][:]]
 
     def check_compatible(self, game: str, preprocessing: environments.Preprocessing,
                          teacher_sha256: str | None = None,

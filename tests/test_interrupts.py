@@ -47,7 +47,7 @@ def test_builder_sigterm_keeps_whole_episodes_and_resumes(tmp_path, teachers_dir
     assert rc == 0, out
     with datasets.Dataset(path) as ds:
         assert ds.num_agent_steps == n + 300
-        assert len(json.loads(ds.attrs["build_seeds"])) == 2
+        assert len(ds.build_seeds) == 2
 
 
 def test_trainer_sigterm_saves_checkpoint_and_resumes(tmp_path, teachers_dir, datasets_dir):
@@ -126,13 +126,13 @@ def test_builder_sigkill_at_random_points_then_rerun_completes(tmp_path, teacher
             assert ds.num_agent_steps % 300 == 0
             ds.read_block(0, ds.num_agent_steps)
     with datasets.Dataset(path) as ds:
-        before, seeds = ds.num_agent_steps, json.loads(ds.attrs["build_seeds"])
+        before, seeds = ds.num_agent_steps, ds.build_seeds
     target = before + 1200
     rc, out = run_cli(args[:5] + [f"--num_agent_steps={target}"] + args[6:])
     assert rc == 0, out
     with datasets.Dataset(path) as ds:
         assert target <= ds.num_agent_steps <= target + 300  # + an episode under way
-        new_seeds = json.loads(ds.attrs["build_seeds"])
+        new_seeds = ds.build_seeds
         assert len(new_seeds) == len(seeds) + 1 and len(set(new_seeds)) == len(new_seeds)
         # No episode recorded twice: every episode's frames differ.
         frames = ds.read_block(0, ds.num_agent_steps)["observations"][:, -1]
