@@ -45,6 +45,9 @@ PRESETS = {
 }
 
 build_datasets.define_flags()  # games, teachers_dir, datasets_dir, num_agent_steps, ...
+# Show the flags defined in those modules in `python train.py --help` too.
+flags.adopt_module_key_flags(build_datasets)
+flags.adopt_module_key_flags(cli)
 flags.DEFINE_enum("preset", "default", list(PRESETS),
                   "default: the full run (about 35 minutes on 2 CPU cores); smoke: every "
                   "stage on tiny sizes, a few minutes.")

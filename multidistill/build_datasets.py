@@ -314,11 +314,10 @@ def define_flags():
     flags.DEFINE_integer("seed", BuildConfig.seed, "Base seed (environments, exploration).")
     flags.DEFINE_bool("rebuild_datasets", False,
                       "Delete existing dataset files and build them anew.")
-    flags.DEFINE_bool("allow_unsafe_teacher", False,
-                      "Allow teacher files that need unsafe Keras deserialisation "
-                      "(they can run code): only for files you trust.")
+    cli.define_allow_unsafe_teacher_flag()
     cli.define_preprocessing_flags()
     cli.define_verbose_flag()
+    flags.adopt_module_key_flags(cli)  # List them in --help too.
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ def define_verbose_flag():
     )
 
 
+def define_allow_unsafe_teacher_flag():
+    flags.DEFINE_bool(
+        "allow_unsafe_teacher", False,
+        "Allow teacher files that need unsafe Keras deserialisation (they can run "
+        "code): only for files you trust.")
+
+
 def define_preprocessing_flags():
     d = environments.Preprocessing()
     flags.DEFINE_float(

@@ -215,7 +215,24 @@ def _open_h5(path: Path, mode: str):
         ) from None
 
 
-class DatasetWriter:
+class _H5File:
+    """Closing and context-manager support for a class holding `self._f`."""
+
+    _f = None
+
+    def close(self):
+        if self._f:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class DatasetWriter(_H5File):
     """Appends whole episodes to one game's dataset file.
 
     Opening an existing file continues it; its game, preprocessing and
@@ -443,16 +460,6 @@ class DatasetWriter:
         self._sync_attrs()
         f.flush()
 
-    def close(self):
-        if self._f:
-            self._f.close()
-            self._f = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _write_rows(ds, start: int, values: np.ndarray) -> None:
@@ -462,7 +469,7 @@ def _write_rows(ds, start: int, values: np.ndarray) -> None:
     ds[start:stop] = values
 
 
-class Dataset:
+class Dataset(_H5File):
     """Read access to one game's dataset file, validated on open."""
 
     def __init__(self, path: str | os.PathLike):
@@ -610,13 +617,3 @@ class Dataset:
         out["teacher_features"] = out["teacher_features"].astype(np.float32)
         return out
 
-    def close(self):
-        if self._f:
-            self._f.close()
-            self._f = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

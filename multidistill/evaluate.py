@@ -35,10 +35,9 @@ def define_flags():
                          "Environment i is seeded with eval_seed + i.")
     flags.DEFINE_bool("evaluate_teachers", True,
                       "Play the teachers too (else use their cards' scores).")
-    flags.DEFINE_bool("allow_unsafe_teacher", False,
-                      "Allow teacher files that need unsafe Keras deserialisation "
-                      "(they can run code): only for files you trust.")
+    cli.define_allow_unsafe_teacher_flag()
     cli.define_verbose_flag()
+    flags.adopt_module_key_flags(cli)  # List them in --help too.
 
 
 def main(argv):

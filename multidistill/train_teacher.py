@@ -62,6 +62,7 @@ def define_flags():
                       "--teachers_dir instead of random weights.")
     cli.define_preprocessing_flags()
     cli.define_verbose_flag()
+    flags.adopt_module_key_flags(cli)  # List them in --help too.
 
 
 def _hardware() -> str:

@@ -106,3 +106,11 @@ def test_dataset_of_another_teacher_or_not_hdf5(tmp_path, spec, datasets_dir, te
 def test_verbose_shows_the_traceback(tmp_path):
     rc, out = run_cli(["train.py", "--games=nope", "--verbose"])
     assert rc == 2 and "Traceback" in out and "unknown game 'nope'" in out, out
+
+
+def test_help_lists_every_flag_with_text():
+    rc, out = run_cli(["train.py", "--help"])
+    assert rc == 0
+    for flag in ("--games", "--teachers_dir", "--num_agent_steps", "--num_grad_steps",
+                 "--temperatures", "--sticky_action_prob", "--verbose", "--preset"):
+        assert f"  {flag}:" in out or f"  --[no]{flag[2:]}:" in out, flag
