@@ -74,14 +74,15 @@ def restore(path: str | os.PathLike, model, optimizer) -> dict:
         raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
     with z:
         targets = _variables(model, optimizer)
-        saved = [k for k in z.files if k != "__state__"]
+        # Keys are "model/0007" (older checkpoints appended "/<variable path>").
+        saved = {"/".join(k.split("/")[:2]): k for k in z.files if k != "__state__"}
         if sorted(saved) != sorted(targets):
             raise CheckpointError(
                 f"checkpoint {path} holds {len(saved)} variables that do not match this "
                 f"model's {len(targets)} (another network size or algorithm?)"
             )
         for k, v in targets.items():
-            value = z[k]
+            value = z[saved[k]]
             if tuple(value.shape) != tuple(v.shape):
                 raise CheckpointError(
                     f"checkpoint {path}: variable {k} has shape {value.shape}, "
