@@ -19,10 +19,6 @@ def _masked(x, mask):
     return ops.where(mask > 0, x, _NEG)
 
 
-def _ones_like_actions(x):
-    return ops.ones_like(x)
-
-
 def kl(teacher_outputs, student_logits, temperature=1.0, action_mask=None):
     """Temperature-sharpened KL divergence, teacher || student (Rusu et al.).
 
@@ -44,7 +40,7 @@ def kl(teacher_outputs, student_logits, temperature=1.0, action_mask=None):
     """
     teacher_outputs = ops.cast(teacher_outputs, "float32")
     student_logits = ops.cast(student_logits, "float32")
-    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    mask = ops.ones_like(teacher_outputs) if action_mask is None else action_mask
     tau = ops.cast(temperature, "float32")
     if len(ops.shape(tau)) == 1:
         tau = ops.expand_dims(tau, -1)
@@ -66,7 +62,7 @@ def nll(teacher_outputs, student_logits, temperature=None, action_mask=None):
     """
     del temperature
     teacher_outputs = ops.cast(teacher_outputs, "float32")
-    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    mask = ops.ones_like(teacher_outputs) if action_mask is None else action_mask
     best = ops.argmax(_masked(teacher_outputs, mask), axis=-1)
     log_p_s = ops.log_softmax(_masked(ops.cast(student_logits, "float32"), mask), axis=-1)
     picked = ops.sum(log_p_s * ops.one_hot(best, ops.shape(log_p_s)[-1]), axis=-1)
@@ -83,7 +79,7 @@ def mse(teacher_outputs, student_logits, temperature=None, action_mask=None):
     """
     del temperature
     teacher_outputs = ops.cast(teacher_outputs, "float32")
-    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    mask = ops.ones_like(teacher_outputs) if action_mask is None else action_mask
     diff = teacher_outputs - ops.cast(student_logits, "float32")
     return ops.mean(ops.sum(ops.where(mask > 0, ops.square(diff), 0.0), axis=-1))
 
@@ -106,7 +102,7 @@ def feature_regression(student_projection, teacher_features, feature_mask=None):
 
 def top1_agreement(teacher_outputs, student_logits, action_mask=None):
     """Fraction of samples where argmax student == argmax teacher."""
-    mask = _ones_like_actions(teacher_outputs) if action_mask is None else action_mask
+    mask = ops.ones_like(teacher_outputs) if action_mask is None else action_mask
     a_t = ops.argmax(_masked(ops.cast(teacher_outputs, "float32"), mask), axis=-1)
     a_s = ops.argmax(_masked(ops.cast(student_logits, "float32"), mask), axis=-1)
     return ops.mean(ops.cast(ops.equal(a_t, a_s), "float32"))
