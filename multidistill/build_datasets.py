@@ -39,6 +39,9 @@ class BuildConfig:
         teacher's.
       num_envs: environments stepped together (one teacher call per step).
       num_threads: emulator threads (0: one per core).
+      num_env_groups: groups the environments are split into so that
+        emulation overlaps teacher inference (`acting.play`); 1 runs them
+        in lockstep.
       seed: base seed for environments and exploration.
     """
 
@@ -46,6 +49,7 @@ class BuildConfig:
     epsilon: float = 0.05
     num_envs: int = 16
     num_threads: int = 0
+    num_env_groups: int = 2
     seed: int = 0
 
     def __post_init__(self):
@@ -150,8 +154,9 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     seed = _session_seed(config.seed, len(writer.build_seeds))
     writer.start_session(seed)
     rng = np.random.default_rng(seed)
-    env = environments.make_vector_env(
-        game.name, preprocessing, config.num_envs, num_threads=config.num_threads)
+    env = environments.make_vector_envs(
+        game.name, preprocessing, config.num_envs, num_threads=config.num_threads,
+        num_groups=config.num_env_groups)
 
     def policy(observations):
         outputs, features = teacher.label(observations)
@@ -168,7 +173,7 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     interrupted = ""
     with interrupts.deferred_interrupts() as stop:
         try:
-            for step in acting.play(env, policy, seed):
+            for step in acting.play(env, policy, seed, active=recording):
                 for i in np.flatnonzero(step.valid & recording):
                     buffers[i].add(step, i)
                     if not (step.terminated[i] or step.truncated[i]):
@@ -188,7 +193,7 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                 if not recording.any():
                     break
         finally:
-            env.close()
+            environments.close_all(env)
             if bar is not None:
                 bar.close()
     seconds = time.perf_counter() - t0

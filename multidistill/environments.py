@@ -171,6 +171,47 @@ def make_vector_env(
     )
 
 
+def make_vector_envs(
+    game: str,
+    spec: Preprocessing,
+    num_envs: int,
+    num_threads: int = 0,
+    num_groups: int = 2,
+) -> list:
+    """Splits `num_envs` environments into groups for `acting.play`.
+
+    While one group emulates (in its own C++ threads), the policy runs on the
+    other's observations: two groups overlap emulation with inference.
+
+    Args:
+      game: ROM id.
+      spec: the preprocessing.
+      num_envs: environments in all.
+      num_threads: emulator threads of each group (0: one per core).
+      num_groups: groups (at most `num_envs`); sizes differ by one at most.
+
+    Returns:
+      A list of vector environments; environment i counts across them in
+      order. Close each when done (`close_all`).
+    """
+    num_groups = max(1, min(int(num_groups), int(num_envs)))
+    sizes = [num_envs // num_groups + (k < num_envs % num_groups) for k in range(num_groups)]
+    envs = []
+    try:
+        for size in sizes:
+            envs.append(make_vector_env(game, spec, size, num_threads=num_threads))
+    except BaseException:
+        close_all(envs)
+        raise
+    return envs
+
+
+def close_all(envs) -> None:
+    """Closes one vector environment or a list of them."""
+    for env in envs if isinstance(envs, (list, tuple)) else [envs]:
+        env.close()
+
+
 def stack_frames(
     frames: np.ndarray, episode_offsets: np.ndarray, frame_stack: int
 ) -> np.ndarray:

@@ -39,6 +39,10 @@ class EvalProtocol:
       num_envs: environments stepped together.
       seed: environment i of the evaluation is reset with seed + i.
       num_threads: emulator threads (0: one per core).
+      num_env_groups: groups the environments are split into so that
+        emulation overlaps inference (`acting.play`). Like `num_threads`, an
+        execution setting: it changes which random draw lands where, not
+        what is measured.
     """
 
     num_episodes: int = 10
@@ -46,6 +50,7 @@ class EvalProtocol:
     num_envs: int = 8
     seed: int = 1_000_000
     num_threads: int = 0
+    num_env_groups: int = 2
 
     def __post_init__(self):
         if self.num_episodes < 1:
@@ -58,6 +63,7 @@ class EvalProtocol:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("num_threads")
+        d.pop("num_env_groups")
         return d
 
 
@@ -126,8 +132,9 @@ def evaluate(
     quota = np.full(n_envs, protocol.num_episodes // n_envs)
     quota[: protocol.num_episodes % n_envs] += 1
     rng = np.random.default_rng([protocol.seed, 7])
-    env = environments.make_vector_env(game, preprocessing, n_envs,
-                                       num_threads=protocol.num_threads)
+    env = environments.make_vector_envs(game, preprocessing, n_envs,
+                                        num_threads=protocol.num_threads,
+                                        num_groups=protocol.num_env_groups)
     policy = network_policy(predict, kind, protocol.epsilon, rng)
     done = np.zeros(n_envs, dtype=int)
     running_return = np.zeros(n_envs)
@@ -141,7 +148,9 @@ def evaluate(
                    unit="episode", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        for step in acting.play(env, policy, protocol.seed):
+        # Environments that met their quota stop stepping (`active`).
+        active = np.ones(n_envs, dtype=bool)
+        for step in acting.play(env, policy, protocol.seed, active=active):
             v = step.valid
             running_return[v] += step.rewards[v]
             running_length[v] += 1
@@ -150,6 +159,7 @@ def evaluate(
                 if done[i] < quota[i]:
                     results[i].append((float(running_return[i]), int(running_length[i])))
                     done[i] += 1
+                    active[i] = done[i] < quota[i]
                     if bar is not None:
                         bar.update(1)
                         all_returns = [r for rs in results for r, _ in rs]
@@ -159,7 +169,7 @@ def evaluate(
             if (done >= quota).all():
                 break
     finally:
-        env.close()
+        environments.close_all(env)
         if bar is not None:
             bar.close()
     flat = [x for rs in results for x in rs]

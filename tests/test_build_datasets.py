@@ -58,3 +58,22 @@ def test_second_builder_is_locked_out(tmp_path, teachers_dir, spec):
             build_datasets.build_dataset(
                 t, path, build_datasets.BuildConfig(num_agent_steps=10, num_envs=1), spec,
                 progress=False)
+
+
+def test_env_groups_record_the_same_episodes_as_lockstep(tmp_path, teachers_dir, spec):
+    """Overlapping emulation with inference (two groups) changes nothing
+    recorded: with epsilon 0 the Q-value teacher is deterministic."""
+    t = teachers.load_teacher("pong", teachers_dir, spec)
+    blocks = {}
+    for groups in (1, 2):
+        config = build_datasets.BuildConfig(num_agent_steps=900, num_envs=4, seed=5,
+                                            epsilon=0.0, num_env_groups=groups)
+        path = tmp_path / f"pong{groups}.h5"
+        build_datasets.build_dataset(t, path, config, spec, progress=False)
+        with datasets.Dataset(path) as ds:
+            blocks[groups] = (ds.read_block(0, ds.num_agent_steps), list(ds.episode_lengths))
+    (a, len_a), (b, len_b) = blocks[1], blocks[2]
+    assert len_a == len_b and sum(len_a) >= 900
+    np.testing.assert_array_equal(a["observations"], b["observations"])
+    np.testing.assert_array_equal(a["actions"], b["actions"])
+    np.testing.assert_allclose(a["teacher_outputs"], b["teacher_outputs"], rtol=1e-4, atol=1e-5)

@@ -52,9 +52,33 @@ def test_episode_quota_spreads_episodes_over_envs(spec):
                             progress=False)
     # Episodes are capped at 1200 frames = 300 agent steps; 3 episodes, 2 envs.
     assert len(s.returns) == 3 and s.lengths == [300, 300, 300]
-    assert set(calls) == {2}
+    assert set(calls) == {1}  # Two groups of one environment (overlapped).
     # Same seeds, same policy: the same scores.
     s2 = evaluation.evaluate("freeway", predict, "q_values", spec,
                              evaluation.EvalProtocol(num_episodes=3, num_envs=2, epsilon=0.0),
                              progress=False)
     assert s2.returns == s.returns and s.mean > 0
+
+
+def test_env_groups_do_not_change_a_deterministic_evaluation(spec):
+    """Splitting environments into overlapped groups is transparent: same
+    seeds and a deterministic policy give the same episodes in lockstep."""
+    calls = []
+
+    def predict(obs):
+        calls.append(len(obs))
+        # UP except where a frame's pixel sum is odd: depends on the state.
+        up = (obs.reshape(len(obs), -1).sum(1) % 2 == 0).astype(np.float32)
+        return np.stack([1 - up, up, np.zeros_like(up)], axis=1)
+
+    runs = {}
+    for groups in (1, 2, 4):
+        calls.clear()
+        runs[groups] = evaluation.evaluate(
+            "freeway", predict, "q_values", spec,
+            evaluation.EvalProtocol(num_episodes=4, num_envs=4, epsilon=0.0,
+                                    num_env_groups=groups), progress=False)
+        assert set(calls) == {4 // groups}
+    assert runs[1].returns == runs[2].returns == runs[4].returns
+    assert runs[1].lengths == runs[2].lengths == runs[4].lengths
+    assert len(set(runs[1].returns)) > 1  # The episodes differ from each other.
