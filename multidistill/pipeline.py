@@ -106,7 +106,20 @@ class _GameWindow:
         self.slots = config.blocks_in_memory
         # Refresh one slot every `period` batches: about one use per row read.
         self.period = max(1, self.block_rows // max(per_batch, 1))
-        self._cache: dict[int, tuple[int, dict]] = {}
+        # The window lives in preallocated arrays, one row of slots each, so
+        # that a batch is gathered by a few fancy-indexing operations (no
+        # Python loop per sample, little time holding the GIL). Slot s holds
+        # its block's rows after `stack - 1` frames of history (zeros where
+        # the block starts the dataset).
+        r, pad = self.block_rows, self.stack - 1
+        h, w = ds.preprocessing.frame_height, ds.preprocessing.frame_width
+        feature_width = ds._f["teacher_features"].shape[1] if with_features else 1
+        self._frames = np.zeros((self.slots, pad + r, h, w), np.uint8)
+        self._offsets = np.zeros((self.slots, r), np.int64)
+        self._outputs = np.zeros((self.slots, r, ds.num_actions), np.float32)
+        self._features = np.zeros((self.slots, r, feature_width), np.float16)
+        self._actions = np.zeros((self.slots, r), np.int32)
+        self._generations = np.full(self.slots, -1, np.int64)
 
     def _generation(self, slot: int, batch: int) -> int:
         refreshes = batch // self.period
@@ -121,27 +134,40 @@ class _GameWindow:
         # Chunk-aligned starts, plus `last` itself so the final rows are reachable.
         return int(min(rng.integers(0, last // align + 2) * align, last))
 
-    def _load(self, start: int) -> dict:
-        return load_block(self.ds, start, start + self.block_rows, self.stack,
-                          self.with_features)
+    def _load(self, slot: int, start: int) -> None:
+        block = load_block(self.ds, start, start + self.block_rows, self.stack,
+                           self.with_features)
+        pad, prefix = self.stack - 1, block["prefix"]
+        self._frames[slot, : pad - prefix] = 0
+        self._frames[slot, pad - prefix:] = block["frames"]
+        self._offsets[slot] = block["offsets"]
+        self._outputs[slot] = block["teacher_outputs"]
+        self._features[slot] = block["teacher_features"]
+        self._actions[slot] = block["actions"]
 
-    def window(self, batch: int) -> list[dict]:
-        blocks = []
+    def refresh(self, batch: int) -> None:
+        """Loads the blocks that batch number `batch` draws from."""
         for slot in range(self.slots):
             gen = self._generation(slot, batch)
-            cached = self._cache.get(slot)
-            if cached is None or cached[0] != gen:
-                cached = (gen, self._load(self._block_start(slot, gen)))
-                self._cache[slot] = cached
-            blocks.append(cached[1])
-        return blocks
+            if self._generations[slot] != gen:
+                self._load(slot, self._block_start(slot, gen))
+                self._generations[slot] = gen
 
     def sample(self, batch: int, n: int) -> dict[str, np.ndarray]:
-        blocks = self.window(batch)
+        self.refresh(batch)
         rng = np.random.default_rng([self.config.seed, self.index, batch, 1 << 20])
-        slot_idx = rng.integers(0, len(blocks), size=n)
+        slot_idx = rng.integers(0, self.slots, size=n)
         row_idx = rng.integers(0, self.block_rows, size=n)
-        return gather(blocks, slot_idx, row_idx, self.stack)
+        lags = np.arange(self.stack - 1, -1, -1)
+        obs = self._frames[slot_idx[:, None], self.stack - 1 + row_idx[:, None] - lags]
+        # Frames from before the episode's start are zeros.
+        obs[self._offsets[slot_idx, row_idx][:, None] < lags] = 0
+        return {
+            "observations": obs,
+            "teacher_outputs": self._outputs[slot_idx, row_idx],
+            "teacher_features": self._features[slot_idx, row_idx].astype(np.float32),
+            "actions": self._actions[slot_idx, row_idx],
+        }
 
 
 def load_block(ds: datasets_lib.Dataset, start: int, stop: int, stack: int,
@@ -160,28 +186,17 @@ def load_block(ds: datasets_lib.Dataset, start: int, stop: int, stack: int,
     }
 
 
-def gather(blocks: list[dict], slot_idx, row_idx, stack: int) -> dict[str, np.ndarray]:
-    """Observations and labels of rows (block slot_idx[k], row row_idx[k])."""
-    n = len(slot_idx)
-    h, w = blocks[0]["frames"].shape[1:]
-    obs = np.zeros((n, stack, h, w), np.uint8)
-    outs, feats, acts = [], [], []
-    for k, (s, r) in enumerate(zip(slot_idx, row_idx)):
-        b = blocks[s]
-        off = b["offsets"][r]
-        base = b["prefix"] + r
-        for j in range(stack):
-            lag = stack - 1 - j
-            if off >= lag:
-                obs[k, j] = b["frames"][base - lag]
-        outs.append(b["teacher_outputs"][r])
-        feats.append(b["teacher_features"][r])
-        acts.append(b["actions"][r])
+def gather(block: dict, rows: np.ndarray, stack: int) -> dict[str, np.ndarray]:
+    """Observations and labels of some rows of one `load_block` block."""
+    rows = np.asarray(rows, np.int64)
+    lags = np.arange(stack - 1, -1, -1)
+    obs = block["frames"][block["prefix"] + rows[:, None] - lags]
+    obs[block["offsets"][rows][:, None] < lags] = 0  # Before the episode's start.
     return {
         "observations": obs,
-        "teacher_outputs": np.asarray(outs, np.float32),
-        "teacher_features": np.asarray(feats, np.float32),
-        "actions": np.asarray(acts, np.int32),
+        "teacher_outputs": np.asarray(block["teacher_outputs"][rows], np.float32),
+        "teacher_features": np.asarray(block["teacher_features"][rows], np.float32),
+        "actions": np.asarray(block["actions"][rows], np.int32),
     }
 
 
@@ -259,8 +274,7 @@ class MultiGameSampler:
             if len(picked):
                 block = load_block(self.datasets[game_index], start, stop, w.stack,
                                    w.with_features)
-                parts.append(gather([block], np.zeros(len(picked), int), picked - start,
-                                    w.stack))
+                parts.append(gather(block, picked - start, w.stack))
         part = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return self._assemble([(game_index, part)])
 

@@ -44,6 +44,32 @@ def test_equal_shares_padding_and_labels(two_games):
     s.close()
 
 
+def test_every_sampled_stack_is_the_datasets_own(two_games):
+    """Many batches (blocks at the file's start included, episode starts
+    zero-filled): each sample equals the reader's stack of its row."""
+    cfg = pipeline.PipelineConfig(batch_size_per_game=16, block_rows=16, blocks_in_memory=3)
+    s = pipeline.MultiGameSampler(two_games, cfg)
+    truth = []
+    for ds in s.datasets:
+        blk = ds.read_block(0, ds.num_agent_steps)
+        rows = {}  # Stack -> labels of the rows showing it (synthetic frames repeat).
+        for r, o in enumerate(blk["observations"]):
+            rows.setdefault(o.tobytes(), []).append(
+                (int(blk["actions"][r]), blk["teacher_outputs"][r].tobytes()))
+        truth.append(rows)
+    seen_episode_start = False
+    for i in range(0, 60, 3):
+        x, y = s.batch(i)
+        for k in range(len(x["game_id"])):
+            g = int(x["game_id"][k])
+            labels = truth[g][x["frames"][k].tobytes()]  # KeyError: not a real stack.
+            a = s.datasets[g].num_actions
+            assert (int(y["actions"][k]), y["teacher_outputs"][k, :a].tobytes()) in labels
+            seen_episode_start |= bool((x["frames"][k, 0] == 0).all())
+    assert seen_episode_start
+    s.close()
+
+
 def test_batches_are_a_function_of_seed_and_index(two_games):
     cfg = pipeline.PipelineConfig(batch_size_per_game=4, block_rows=16, blocks_in_memory=3)
     a = pipeline.MultiGameSampler(two_games, cfg)
@@ -97,9 +123,9 @@ def test_window_memory_is_bounded(two_games):
     s = pipeline.MultiGameSampler(two_games, cfg)
     for i in range(50):
         s.batch(i)
-    for w in s.windows:
-        assert len(w._cache) == 3
-        assert all(b["frames"].shape[0] <= 16 + 3 for _, b in w._cache.values())
+    for w in s.windows:  # 3 blocks of 16 rows (+ 3 frames of history), whatever the size.
+        assert w._frames.shape == (3, 16 + 3, 84, 84)
+        assert w._features.shape[:2] == w._outputs.shape[:2] == (3, 16)
 
 
 def test_damaged_dataset_named_on_read(two_games):
