@@ -315,14 +315,16 @@ def measure_training(raw: dict, students: dict, path: Path, sizes: Sizes, seed: 
 
 
 def eval_steps_per_s(predict: Callable, spec, sizes: Sizes, threads: int) -> float:
-    """Agent steps/s of the real `evaluation.evaluate` (episodes' steps / its seconds)."""
+    """Agent steps/s of the real `evaluation.evaluate` (episodes' steps / its
+    seconds after start-up: resets and first inference, excluded as from the
+    probes)."""
     from multidistill import evaluation
 
     protocol = evaluation.EvalProtocol(
         num_episodes=sizes.num_envs * sizes.eval_episodes_per_env, num_envs=sizes.num_envs,
         num_threads=threads)
     scores = evaluation.evaluate(GAME, predict, TEACHER_KIND, spec, protocol, progress=False)
-    return rate(sum(scores.lengths), scores.seconds)
+    return scores.agent_steps_per_s
 
 
 def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:

@@ -170,10 +170,13 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     recording = np.ones(config.num_envs, dtype=bool)
     bar = _progress_bar(progress, config.num_agent_steps - start_steps, game.name)
     t0 = time.perf_counter()
+    startup = None
     interrupted = ""
     with interrupts.deferred_interrupts() as stop:
         try:
             for step in acting.play(env, policy, seed, active=recording):
+                if startup is None:  # Resets and the first inference calls.
+                    startup = time.perf_counter() - t0
                 for i in np.flatnonzero(step.valid & recording):
                     buffers[i].add(step, i)
                     if not (step.terminated[i] or step.truncated[i]):
@@ -197,10 +200,14 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
             if bar is not None:
                 bar.close()
     seconds = time.perf_counter() - t0
+    startup = seconds if startup is None else startup
     added = writer.num_agent_steps - start_steps
+    # Steps/s in steady state: environment start-up (resets, first inference)
+    # is a fixed cost, reported apart.
     return dict(summary, num_agent_steps=writer.num_agent_steps,
                 num_episodes=writer.num_episodes, added_agent_steps=added,
-                seconds=seconds, agent_steps_per_s=added / max(seconds, 1e-9),
+                seconds=seconds, startup_seconds=startup,
+                agent_steps_per_s=added / max(seconds - startup, 1e-9),
                 interrupted=interrupted)
 
 

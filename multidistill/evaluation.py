@@ -74,6 +74,12 @@ class Scores:
     returns: list[float]
     lengths: list[int]
     seconds: float
+    startup_seconds: float = 0.0  # Of `seconds`: resets and first inference.
+
+    @property
+    def agent_steps_per_s(self) -> float:
+        """Steady-state rate: the episodes' steps over the time after start-up."""
+        return float(sum(self.lengths)) / max(self.seconds - self.startup_seconds, 1e-9)
 
     @property
     def mean(self) -> float:
@@ -91,6 +97,7 @@ class Scores:
             "returns": [float(r) for r in self.returns],
             "lengths_agent_steps": [int(n) for n in self.lengths],
             "seconds": self.seconds,
+            "startup_seconds": self.startup_seconds,
         }
 
 
@@ -150,7 +157,10 @@ def evaluate(
     try:
         # Environments that met their quota stop stepping (`active`).
         active = np.ones(n_envs, dtype=bool)
+        startup = None
         for step in acting.play(env, policy, protocol.seed, active=active):
+            if startup is None:  # Resets and the first inference calls.
+                startup = time.perf_counter() - t0
             v = step.valid
             running_return[v] += step.rewards[v]
             running_length[v] += 1
@@ -174,7 +184,7 @@ def evaluate(
             bar.close()
     flat = [x for rs in results for x in rs]
     return Scores(returns=[r for r, _ in flat], lengths=[n for _, n in flat],
-                  seconds=time.perf_counter() - t0)
+                  seconds=time.perf_counter() - t0, startup_seconds=startup or 0.0)
 
 
 def predict_fn(model) -> Callable[[np.ndarray], np.ndarray]:

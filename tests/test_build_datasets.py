@@ -69,7 +69,11 @@ def test_env_groups_record_the_same_episodes_as_lockstep(tmp_path, teachers_dir,
         config = build_datasets.BuildConfig(num_agent_steps=900, num_envs=4, seed=5,
                                             epsilon=0.0, num_env_groups=groups)
         path = tmp_path / f"pong{groups}.h5"
-        build_datasets.build_dataset(t, path, config, spec, progress=False)
+        summary = build_datasets.build_dataset(t, path, config, spec, progress=False)
+        # Steps/s are steady-state: start-up (resets, first calls) is apart.
+        assert 0 < summary["startup_seconds"] < summary["seconds"]
+        assert summary["agent_steps_per_s"] == pytest.approx(
+            summary["added_agent_steps"] / (summary["seconds"] - summary["startup_seconds"]))
         with datasets.Dataset(path) as ds:
             blocks[groups] = (ds.read_block(0, ds.num_agent_steps), list(ds.episode_lengths))
     (a, len_a), (b, len_b) = blocks[1], blocks[2]
