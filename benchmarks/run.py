@@ -229,13 +229,13 @@ def inference_samples_per_s(infer: Callable, observations, samples: int) -> floa
 
 
 def build_once(teacher, path: Path, spec, sizes: Sizes, threads: int,
-               seed: int) -> tuple[float, float]:
+               seed: int, groups: int = 2) -> tuple[float, float]:
     """The real `build_dataset` from scratch: (agent steps/s, bytes per 100,000 steps)."""
     from multidistill import build_datasets
 
     config = build_datasets.BuildConfig(num_agent_steps=sizes.build_steps,
                                         num_envs=sizes.num_envs, num_threads=threads,
-                                        seed=seed)
+                                        seed=seed, num_env_groups=groups)
     summary = build_datasets.build_dataset(teacher, path, config, spec, rebuild=True,
                                            progress=False)
     return (summary["agent_steps_per_s"],
@@ -358,6 +358,10 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
             inference_samples_per_s(teacher.label, observations, sizes.probe_steps))
         build, disk = build_once(teacher, dataset, spec, sizes, threads, seed=r)
         raw["build"].append(build)
+        # The same build in lockstep (one group: no overlap of emulation and
+        # inference), to show what the overlap brings.
+        raw["build_lockstep"].append(
+            build_once(teacher, dataset, spec, sizes, threads, seed=r, groups=1)[0])
         raw["bytes_per_100k_steps"].append(disk)
         raw["naive"].append(naive_steps_per_s(teacher, spec, sizes.naive_steps, seed=r))
         measure_training(raw, students, dataset, sizes, seed=r)
@@ -513,6 +517,8 @@ RAW_QUANTITIES = (
     ("env", "vector env alone, random actions", "agent steps/s"),
     ("teacher_infer", "teacher.label alone", "samples/s"),
     ("build", "build_dataset (HDF5 writing included)", "agent steps/s"),
+    ("build_lockstep", "build_dataset in lockstep (one env group, no overlap)",
+     "agent steps/s"),
     ("naive", "naive loop (1 env, batch-1 teacher)", "agent steps/s"),
     ("train_pipeline", "dqn training fed by the pipeline", "samples/s"),
     ("train_memory/dqn", "dqn training fed from memory", "samples/s"),
