@@ -41,7 +41,8 @@ class BuildConfig:
       num_threads: emulator threads (0: one per core).
       num_env_groups: groups the environments are split into so that
         emulation overlaps teacher inference (`acting.play`); 1 runs them
-        in lockstep.
+        in lockstep; 0 picks by core count
+        (`environments.default_env_groups`).
       seed: base seed for environments and exploration.
     """
 
@@ -49,7 +50,7 @@ class BuildConfig:
     epsilon: float = 0.05
     num_envs: int = 16
     num_threads: int = 0
-    num_env_groups: int = 2
+    num_env_groups: int = 0
     seed: int = 0
 
     def __post_init__(self):

@@ -40,7 +40,8 @@ class EvalProtocol:
       seed: environment i of the evaluation is reset with seed + i.
       num_threads: emulator threads (0: one per core).
       num_env_groups: groups the environments are split into so that
-        emulation overlaps inference (`acting.play`). Like `num_threads`, an
+        emulation overlaps inference (`acting.play`; 0 picks by core count,
+        `environments.default_env_groups`). Like `num_threads`, an
         execution setting: it changes which random draw lands where, not
         what is measured.
     """
@@ -50,7 +51,7 @@ class EvalProtocol:
     num_envs: int = 8
     seed: int = 1_000_000
     num_threads: int = 0
-    num_env_groups: int = 2
+    num_env_groups: int = 0
 
     def __post_init__(self):
         if self.num_episodes < 1:

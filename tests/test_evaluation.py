@@ -48,7 +48,8 @@ def test_episode_quota_spreads_episodes_over_envs(spec):
         return np.tile([0.0, 1.0, 0.0], (len(obs), 1))  # Always UP.
 
     s = evaluation.evaluate("freeway", predict, "q_values", spec,
-                            evaluation.EvalProtocol(num_episodes=3, num_envs=2, epsilon=0.0),
+                            evaluation.EvalProtocol(num_episodes=3, num_envs=2, epsilon=0.0,
+                                                    num_env_groups=2),
                             progress=False)
     # Episodes are capped at 1200 frames = 300 agent steps; 3 episodes, 2 envs.
     assert len(s.returns) == 3 and s.lengths == [300, 300, 300]
