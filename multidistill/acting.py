@@ -48,25 +48,32 @@ class StepBatch:
     episode_offsets: np.ndarray
 
 
-def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None
-         ) -> Iterator[StepBatch]:
+def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
+         overlap: bool = True) -> Iterator[StepBatch]:
     """Plays forever; the caller stops iterating when it has enough.
 
-    Emulation overlaps everything else. Each group of environments is sent
-    its actions (`send`, which returns at once: the emulator threads step in
-    the background) before the loop turns to the next group: while group g
-    emulates, the policy runs on the other group's observations, and the
-    caller consumes the yielded batch (writing HDF5, bookkeeping) while the
-    groups step again. With one group only the caller's work overlaps
-    emulation. The order of policy calls does not depend on timing, so a run
-    is reproducible.
+    Actions are sent (`send` returns at once: the emulator threads step in
+    the background) before the step's batch is yielded, so the caller's
+    work (writing HDF5, bookkeeping) runs while the environments step.
+
+    Environments come in groups (separate vector environments). Two ways to
+    drive them:
+      * `overlap=True`: the policy runs per group; while group g emulates,
+        the policy runs on the other groups' observations. Pays where the
+        cores outnumber what one stage can use.
+      * `overlap=False` (lockstep): all groups step, then one policy call
+        on all of them (full batch). Groups then only serve to stop
+        stepping environments that are done, a group at a time.
+    The order of policy calls does not depend on timing, so a run is
+    reproducible; with a deterministic policy neither the grouping nor the
+    mode changes what is played.
 
     Args:
       envs: one `ale_py.AtariVectorEnv` in NextStep autoreset mode, or a
         list of them (see `environments.make_vector_envs`); environment i
         counts across the groups in order.
-      policy: batched policy, see `Policy`; called once per group and step,
-        on the observations of that group's active environments.
+      policy: batched policy, see `Policy`; called on the observations of
+        the active environments (of one group when overlapping).
       seed: environment i is reset with seed `seed + i` (ALE draws the no-op
         starts and sticky actions from it).
       active: optional (N,) bool array that the caller clears, while
@@ -75,6 +82,7 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None
         the policy no longer runs for them (they are sent action 0, and
         their extras are zeros), and a group whose environments are all
         inactive stops stepping.
+      overlap: see above.
 
     Yields:
       One `StepBatch` per vector step, all environments of all groups.
@@ -89,29 +97,52 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None
     elif active.shape != (n,) or active.dtype != bool:
         raise ValueError(f"active must be a bool array of shape ({n},), "
                          f"found {active.dtype} {active.shape}")
-    observations = [g.reset(seed=int(seed) + int(f))[0] for g, f in zip(groups, first)]
-    acted = [_act(policy, o, active[sp]) for o, sp in zip(observations, spans)]
-    for g, (actions, _) in zip(groups, acted):
-        g.send(actions)
     stepping = [True] * len(groups)
+
+    def act_and_send(k_list, observations, mask):
+        """Policy on groups `k_list` (one call), then sends to those still active."""
+        rows = np.concatenate([np.arange(sizes[k]) + first[k] for k in k_list])
+        actions, extras = _act(policy, _concat([observations[k] for k in k_list]), mask[rows])
+        out, at = [], 0
+        for k in k_list:
+            part = slice(at, at + sizes[k])
+            at += sizes[k]
+            out.append((actions[part],
+                        None if extras is None else {x: v[part] for x, v in extras.items()}))
+            if not stepping[k]:
+                continue
+            if mask[spans[k]].any():
+                groups[k].send(out[-1][0])  # Steps while the rest of the loop runs.
+            else:
+                stepping[k] = False  # Parked: nothing more happens there.
+        return out
+
+    observations = [g.reset(seed=int(seed) + int(f))[0] for g, f in zip(groups, first)]
+    order = [[k] for k in range(len(groups))] if overlap else [list(range(len(groups)))]
+    acted = [None] * len(groups)
+    for ks in order:
+        for k, a in zip(ks, act_and_send(ks, observations, active)):
+            acted[k] = a
     valid = np.ones(n, dtype=bool)
     offsets = np.zeros(n, dtype=np.int64)
     while True:
-        outcomes, next_acted = [], []
-        for k, (g, sp) in enumerate(zip(groups, spans)):
-            if not stepping[k]:  # Parked: nothing happens there any more.
-                none = np.zeros(sizes[k], bool)
-                outcomes.append((observations[k], np.zeros(sizes[k], np.float32), none, none))
-                next_acted.append(_act(policy, observations[k], none))
-                continue
-            next_obs, rewards, terminated, truncated, _ = g.recv()
-            outcomes.append((next_obs, rewards, terminated, truncated))
-            mask = active[sp].copy()
-            next_acted.append(_act(policy, next_obs, mask))
-            if mask.any():
-                g.send(next_acted[-1][0])  # Steps while the rest of the loop runs.
-            else:
-                stepping[k] = False
+        outcomes = [None] * len(groups)
+        next_acted = [None] * len(groups)
+        for ks in order:
+            for k in ks:
+                if stepping[k]:
+                    next_obs, rewards, terminated, truncated, _ = groups[k].recv()
+                    outcomes[k] = (next_obs, rewards, terminated, truncated)
+                else:
+                    none = np.zeros(sizes[k], bool)
+                    outcomes[k] = (observations[k], np.zeros(sizes[k], np.float32), none, none)
+            mask = active.copy()
+            for k in range(len(groups)):
+                if not stepping[k]:
+                    mask[spans[k]] = False
+            next_obs = {k: outcomes[k][0] for k in ks}
+            for k, a in zip(ks, act_and_send(ks, next_obs, mask)):
+                next_acted[k] = a
         terminated = np.concatenate([np.asarray(o[2], bool) for o in outcomes])
         truncated = np.concatenate([np.asarray(o[3], bool) for o in outcomes])
         yield StepBatch(

@@ -39,10 +39,11 @@ class BuildConfig:
         teacher's.
       num_envs: environments stepped together (one teacher call per step).
       num_threads: emulator threads (0: one per core).
-      num_env_groups: groups the environments are split into so that
-        emulation overlaps teacher inference (`acting.play`); 1 runs them
-        in lockstep; 0 picks by core count
-        (`environments.default_env_groups`).
+      num_env_groups: groups the environments are split into
+        (`acting.play`); 0 picks by core count (`environments.env_groups`).
+      overlap_env_groups: overlap the groups' emulation with teacher
+        inference (True) or step them in lockstep, one teacher call for all
+        (False); None picks by core count.
       seed: base seed for environments and exploration.
     """
 
@@ -51,6 +52,7 @@ class BuildConfig:
     num_envs: int = 16
     num_threads: int = 0
     num_env_groups: int = 0
+    overlap_env_groups: bool | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -155,9 +157,11 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     seed = _session_seed(config.seed, len(writer.build_seeds))
     writer.start_session(seed)
     rng = np.random.default_rng(seed)
+    num_groups, overlap = environments.env_groups(config.num_env_groups,
+                                                  config.overlap_env_groups)
     env = environments.make_vector_envs(
         game.name, preprocessing, config.num_envs, num_threads=config.num_threads,
-        num_groups=config.num_env_groups)
+        num_groups=num_groups)
 
     def policy(observations):
         outputs, features = teacher.label(observations)
@@ -175,7 +179,7 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     interrupted = ""
     with interrupts.deferred_interrupts() as stop:
         try:
-            for step in acting.play(env, policy, seed, active=recording):
+            for step in acting.play(env, policy, seed, active=recording, overlap=overlap):
                 if startup is None:  # Resets and the first inference calls.
                     startup = time.perf_counter() - t0
                 for i in np.flatnonzero(step.valid & recording):

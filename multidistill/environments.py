@@ -172,17 +172,26 @@ def make_vector_env(
     )
 
 
-def default_env_groups() -> int:
-    """Env groups when none are asked for: 2 (overlap) from 4 cores up, else 1.
+def env_groups(num_groups: int = 0, overlap: bool | None = None) -> tuple[int, bool]:
+    """Resolves how environments are grouped (see `acting.play`).
 
-    Splitting halves the network's batch, and at batches of 8-16 a CPU
-    forward pass costs nearly the same per call whatever the batch: on 2
-    cores, where emulation and inference can each use both cores in turn,
-    lockstep built 1.22x faster than two groups (benchmarks/README.md). With
-    more cores than a stage can use, overlapping hides one stage behind the
-    other.
+    Unset (0 / None) picks by core count: from 4 cores up, 2 groups that
+    overlap emulation with inference; below, lockstep (one network call for
+    all environments) in 4 groups, so that environments that are done stop
+    stepping a group at a time. On 2 cores, where emulation and inference
+    can each use both cores in turn, overlapping gained nothing (it halves
+    the network's batch, and at batches of 8-16 a CPU forward pass costs
+    nearly the same per call whatever the batch; benchmarks/README.md).
+
+    Returns:
+      (groups, overlap).
     """
-    return 2 if (os.cpu_count() or 1) >= 4 else 1
+    many = (os.cpu_count() or 1) >= 4
+    if overlap is None:
+        overlap = many
+    if num_groups <= 0:
+        num_groups = 2 if overlap else 4
+    return int(num_groups), bool(overlap)
 
 
 def make_vector_envs(
@@ -194,25 +203,24 @@ def make_vector_envs(
 ) -> list:
     """Splits `num_envs` environments into groups for `acting.play`.
 
-    While one group emulates (in its own C++ threads), the policy runs on the
-    other's observations: two groups overlap emulation with inference.
+    Each group is a vector environment with its own C++ threads; `acting.play`
+    overlaps them with inference or steps them in lockstep (`env_groups`).
 
     Args:
       game: ROM id.
       spec: the preprocessing.
       num_envs: environments in all.
       num_threads: emulator threads in all (0: one per core), split evenly
-        among the groups (at least one each): groups take turns, so more
-        would only oversubscribe the cores while inference runs.
-      num_groups: groups (at most `num_envs`; 0: `default_env_groups()`);
-        sizes differ by one at most.
+        among the groups (at least one each), so that the cores are not
+        oversubscribed.
+      num_groups: groups (at most `num_envs`; 0: see `env_groups`); sizes
+        differ by one at most.
 
     Returns:
       A list of vector environments; environment i counts across them in
       order. Close each when done (`close_all`).
     """
-    num_groups = int(num_groups) if num_groups > 0 else default_env_groups()
-    num_groups = max(1, min(num_groups, int(num_envs)))
+    num_groups = max(1, min(int(num_groups) or env_groups()[0], int(num_envs)))
     sizes = [num_envs // num_groups + (k < num_envs % num_groups) for k in range(num_groups)]
     total = int(num_threads) if num_threads > 0 else (os.cpu_count() or 1)
     per_group = max(1, total // num_groups)

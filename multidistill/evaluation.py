@@ -39,11 +39,12 @@ class EvalProtocol:
       num_envs: environments stepped together.
       seed: environment i of the evaluation is reset with seed + i.
       num_threads: emulator threads (0: one per core).
-      num_env_groups: groups the environments are split into so that
-        emulation overlaps inference (`acting.play`; 0 picks by core count,
-        `environments.default_env_groups`). Like `num_threads`, an
-        execution setting: it changes which random draw lands where, not
-        what is measured.
+      num_env_groups: groups the environments are split into
+        (`acting.play`; 0 picks by core count, `environments.env_groups`).
+      overlap_env_groups: overlap the groups' emulation with inference
+        (True) or step them in lockstep (False); None picks by core count.
+        Like `num_threads`, these two are execution settings: they change
+        which random draw lands where, not what is measured.
     """
 
     num_episodes: int = 10
@@ -52,6 +53,7 @@ class EvalProtocol:
     seed: int = 1_000_000
     num_threads: int = 0
     num_env_groups: int = 0
+    overlap_env_groups: bool | None = None
 
     def __post_init__(self):
         if self.num_episodes < 1:
@@ -65,6 +67,7 @@ class EvalProtocol:
         d = dataclasses.asdict(self)
         d.pop("num_threads")
         d.pop("num_env_groups")
+        d.pop("overlap_env_groups")
         return d
 
 
@@ -140,9 +143,11 @@ def evaluate(
     quota = np.full(n_envs, protocol.num_episodes // n_envs)
     quota[: protocol.num_episodes % n_envs] += 1
     rng = np.random.default_rng([protocol.seed, 7])
+    num_groups, overlap = environments.env_groups(protocol.num_env_groups,
+                                                  protocol.overlap_env_groups)
     env = environments.make_vector_envs(game, preprocessing, n_envs,
                                         num_threads=protocol.num_threads,
-                                        num_groups=protocol.num_env_groups)
+                                        num_groups=num_groups)
     policy = network_policy(predict, kind, protocol.epsilon, rng)
     done = np.zeros(n_envs, dtype=int)
     running_return = np.zeros(n_envs)
@@ -159,7 +164,8 @@ def evaluate(
         # Environments that met their quota stop stepping (`active`).
         active = np.ones(n_envs, dtype=bool)
         startup = None
-        for step in acting.play(env, policy, protocol.seed, active=active):
+        for step in acting.play(env, policy, protocol.seed, active=active,
+                                overlap=overlap):
             if startup is None:  # Resets and the first inference calls.
                 startup = time.perf_counter() - t0
             v = step.valid

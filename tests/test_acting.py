@@ -89,3 +89,21 @@ def test_active_must_match_the_environments():
                         active=np.ones(3, bool))
     with pytest.raises(ValueError, match=r"active must be a bool array of shape \(2,\)"):
         next(steps)
+
+
+def test_lockstep_calls_the_policy_once_on_all_groups_and_parks_done_groups():
+    log, calls = [], []
+    envs = [FakeVectorEnv(2, 0, log), FakeVectorEnv(2, 2, log)]
+    active = np.ones(4, bool)
+    steps = acting.play(envs, _policy(calls), seed=0, active=active, overlap=False)
+    first = next(steps)
+    assert calls == [[0, 1, 2, 3], [0, 1, 2, 3]]  # Full batch, once per step.
+    np.testing.assert_array_equal(first.extras["echo"], [0, 1, 2, 3])
+    active[2:] = False  # Group 1 done.
+    calls.clear()
+    sends_before = sum(1 for e in log if e[:2] == ("send", 2))
+    next(steps)
+    batch = next(steps)
+    np.testing.assert_array_equal(batch.valid, [True, True, False, False])
+    assert all(c == [0, 1] for c in calls)
+    assert sum(1 for e in log if e[:2] == ("send", 2)) == sends_before

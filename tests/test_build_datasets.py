@@ -65,19 +65,24 @@ def test_env_groups_record_the_same_episodes_as_lockstep(tmp_path, teachers_dir,
     recorded: with epsilon 0 the Q-value teacher is deterministic."""
     t = teachers.load_teacher("pong", teachers_dir, spec)
     blocks = {}
-    for groups in (1, 2):
+    for groups, overlap in ((1, False), (2, True), (4, False)):
         config = build_datasets.BuildConfig(num_agent_steps=900, num_envs=4, seed=5,
-                                            epsilon=0.0, num_env_groups=groups)
-        path = tmp_path / f"pong{groups}.h5"
+                                            epsilon=0.0, num_env_groups=groups,
+                                            overlap_env_groups=overlap)
+        path = tmp_path / f"pong{groups}{overlap}.h5"
         summary = build_datasets.build_dataset(t, path, config, spec, progress=False)
         # Steps/s are steady-state: start-up (resets, first calls) is apart.
         assert 0 < summary["startup_seconds"] < summary["seconds"]
         assert summary["agent_steps_per_s"] == pytest.approx(
             summary["added_agent_steps"] / (summary["seconds"] - summary["startup_seconds"]))
         with datasets.Dataset(path) as ds:
-            blocks[groups] = (ds.read_block(0, ds.num_agent_steps), list(ds.episode_lengths))
-    (a, len_a), (b, len_b) = blocks[1], blocks[2]
-    assert len_a == len_b and sum(len_a) >= 900
-    np.testing.assert_array_equal(a["observations"], b["observations"])
-    np.testing.assert_array_equal(a["actions"], b["actions"])
-    np.testing.assert_allclose(a["teacher_outputs"], b["teacher_outputs"], rtol=1e-4, atol=1e-5)
+            blocks[groups, overlap] = (ds.read_block(0, ds.num_agent_steps),
+                                       list(ds.episode_lengths))
+    a, len_a = blocks[1, False]
+    assert sum(len_a) >= 900
+    for b, len_b in blocks.values():
+        assert len_a == len_b
+        np.testing.assert_array_equal(a["observations"], b["observations"])
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+        np.testing.assert_allclose(a["teacher_outputs"], b["teacher_outputs"],
+                                   rtol=1e-4, atol=1e-5)

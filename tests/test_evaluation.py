@@ -49,7 +49,7 @@ def test_episode_quota_spreads_episodes_over_envs(spec):
 
     s = evaluation.evaluate("freeway", predict, "q_values", spec,
                             evaluation.EvalProtocol(num_episodes=3, num_envs=2, epsilon=0.0,
-                                                    num_env_groups=2),
+                                                    num_env_groups=2, overlap_env_groups=True),
                             progress=False)
     # Episodes are capped at 1200 frames = 300 agent steps; 3 episodes, 2 envs.
     assert len(s.returns) == 3 and s.lengths == [300, 300, 300]
@@ -73,13 +73,16 @@ def test_env_groups_do_not_change_a_deterministic_evaluation(spec):
         return np.stack([1 - up, up, np.zeros_like(up)], axis=1)
 
     runs = {}
-    for groups in (1, 2, 4):
+    for groups, overlap in ((1, False), (2, True), (4, True), (4, False)):
         calls.clear()
-        runs[groups] = evaluation.evaluate(
+        runs[groups, overlap] = evaluation.evaluate(
             "freeway", predict, "q_values", spec,
             evaluation.EvalProtocol(num_episodes=4, num_envs=4, epsilon=0.0,
-                                    num_env_groups=groups), progress=False)
-        assert set(calls) == {4 // groups}
-    assert runs[1].returns == runs[2].returns == runs[4].returns
-    assert runs[1].lengths == runs[2].lengths == runs[4].lengths
-    assert len(set(runs[1].returns)) > 1  # The episodes differ from each other.
+                                    num_env_groups=groups, overlap_env_groups=overlap),
+            progress=False)
+        # Overlapped: one call per group; lockstep: one call for all.
+        assert set(calls) == {4 // groups if overlap else 4}
+    first = runs[1, False]
+    assert len(set(first.returns)) > 1  # The episodes differ from each other.
+    for run in runs.values():
+        assert run.returns == first.returns and run.lengths == first.lengths
