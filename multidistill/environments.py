@@ -176,12 +176,13 @@ def env_groups(num_groups: int = 0, overlap: bool | None = None) -> tuple[int, b
     """Resolves how environments are grouped (see `acting.play`).
 
     Unset (0 / None) picks by core count: from 4 cores up, 2 groups that
-    overlap emulation with inference; below, lockstep (one network call for
-    all environments) in 4 groups, so that environments that are done stop
-    stepping a group at a time. On 2 cores, where emulation and inference
-    can each use both cores in turn, overlapping gained nothing (it halves
-    the network's batch, and at batches of 8-16 a CPU forward pass costs
-    nearly the same per call whatever the batch; benchmarks/README.md).
+    overlap emulation with inference; below, plain lockstep (one group, one
+    network call for all environments). On 2 cores, where emulation and
+    inference can each use both cores in turn, overlapping gained nothing
+    (it halves the network's batch, and at batches of 8-16 a CPU forward
+    pass costs nearly the same per call whatever the batch), and lockstep in
+    4 groups (done groups stop stepping) was no faster than in one
+    (benchmarks/README.md).
 
     Returns:
       (groups, overlap).
@@ -190,7 +191,7 @@ def env_groups(num_groups: int = 0, overlap: bool | None = None) -> tuple[int, b
     if overlap is None:
         overlap = many
     if num_groups <= 0:
-        num_groups = 2 if overlap else 4
+        num_groups = 2 if overlap else 1
     return int(num_groups), bool(overlap)
 
 
