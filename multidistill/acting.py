@@ -136,12 +136,10 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
                 else:
                     none = np.zeros(sizes[k], bool)
                     outcomes[k] = (observations[k], np.zeros(sizes[k], np.float32), none, none)
-            mask = active.copy()
-            for k in range(len(groups)):
-                if not stepping[k]:
-                    mask[spans[k]] = False
+            # A parked group's entries are all inactive already (it parked
+            # because they were, and entries are only ever cleared).
             next_obs = {k: outcomes[k][0] for k in ks}
-            for k, a in zip(ks, act_and_send(ks, next_obs, mask)):
+            for k, a in zip(ks, act_and_send(ks, next_obs, active)):
                 next_acted[k] = a
         terminated = np.concatenate([np.asarray(o[2], bool) for o in outcomes])
         truncated = np.concatenate([np.asarray(o[3], bool) for o in outcomes])
