@@ -57,6 +57,11 @@ def define_flags():
     flags.DEFINE_integer("checkpoint_every_s", 300, "Checkpoint interval, wall-clock seconds.")
     flags.DEFINE_integer("num_envs", 8, "Environments stepped together.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_float("behaviour_epsilon", evaluation.EvalProtocol.epsilon,
+                       "PPO only: probability of a uniformly random action mixed into the "
+                       "policy that acts and is optimised (a probability in [0, 1); default "
+                       "the evaluation protocol's epsilon, so the policy trained is the one "
+                       "scored).")
     flags.DEFINE_bool("init_from_teacher", False,
                       "Without a checkpoint, start from the weights of the teacher in "
                       "--teachers_dir instead of random weights.")
@@ -77,7 +82,8 @@ def _make_algo(algo, game, spec, total_agent_steps):
         from multidistill import ppo
 
         return ppo.PPO(game.name, game.num_actions, spec,
-                       ppo.PPOConfig(num_envs=FLAGS.num_envs),
+                       ppo.PPOConfig(num_envs=FLAGS.num_envs,
+                                     behaviour_epsilon=FLAGS.behaviour_epsilon),
                        total_agent_steps=total_agent_steps, seed=FLAGS.seed)
     from multidistill import dqn
 
@@ -120,6 +126,8 @@ def main(argv):
         print(f"{game.name}: {r['mean']:.1f} ± {r['std']:.1f} over {r['episodes']} episodes")
         return
     cli.require(FLAGS.num_env_frames >= 1, "--num_env_frames must be >= 1")
+    cli.require(0.0 <= FLAGS.behaviour_epsilon < 1.0,
+                f"--behaviour_epsilon must be in [0, 1), found {FLAGS.behaviour_epsilon}")
     try:
         teachers_dir.mkdir(parents=True, exist_ok=True)
         probe = teachers_dir / ".write_test"

@@ -51,3 +51,9 @@ def test_unknown_game_and_unwritable_output(tmp_path):
     rc, out = run_cli(["-m", "multidistill.train_teacher", "--game=pong",
                        f"--teachers_dir={blocker / 'teachers'}"])
     assert rc == 2 and "is not writable" in out and "Traceback" not in out, out
+
+
+def test_behaviour_epsilon_out_of_range_is_refused(tmp_path):
+    rc, out = run_cli(_args(tmp_path, "pong", "--behaviour_epsilon=1.5"))
+    assert rc == 2 and "--behaviour_epsilon must be in [0, 1), found 1.5" in out, out
+    assert not (tmp_path / "ck").exists()
