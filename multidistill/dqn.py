@@ -7,7 +7,12 @@ usual Atari settings (Dopamine's DQN with n-step returns and Adam):
   * acting: `num_envs` environments stepped together, one batched network
     call per step, epsilon-greedy with epsilon 1 during the first
     `learning_starts` agent steps, then decaying linearly to `epsilon_end`
-    over `epsilon_decay_steps` agent steps;
+    over `epsilon_decay_steps` agent steps; optionally temporally extended
+    (epsilon-z-greedy, Dabney et al. 2021, `ez_mu` > 1): an exploratory
+    action is repeated for n ~ zeta(ez_mu) agent steps (at most
+    `ez_max_repeat`), which reaches rewards that need one action held for
+    many steps (Freeway: a uniformly random policy scores 0, one that picks
+    UP half the time 2 to 6 per episode);
   * learning: one gradient step on a minibatch of `batch_size` transitions
     drawn uniformly from the memory every `agent_steps_per_update` agent
     steps, once the memory holds `learning_starts` agent steps. The loss of
@@ -89,6 +94,10 @@ class DQNConfig:
       conv_filters: network conv filters.
       fc_units: network hidden units.
       life_loss_terminal: treat a lost life as terminal for bootstrapping.
+      ez_mu: exponent of the zeta distribution of exploratory action
+        durations (epsilon-z-greedy; the paper's default is 2); 0 for plain
+        epsilon-greedy (every exploratory action lasts one step).
+      ez_max_repeat: longest exploratory run, agent steps.
     """
 
     num_envs: int = 8
@@ -108,12 +117,19 @@ class DQNConfig:
     conv_filters: tuple[int, int, int] = (32, 64, 64)
     fc_units: int = 512
     life_loss_terminal: bool = True
+    ez_mu: float = 0.0
+    ez_max_repeat: int = 100
 
     def __post_init__(self):
         for name in ("num_envs", "rollout_length", "replay_capacity", "agent_steps_per_update",
                      "batch_size", "n_step", "target_update_period"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DQNConfig.{name} must be >= 1, found {getattr(self, name)}")
+        if not (self.ez_mu == 0.0 or self.ez_mu > 1.0):
+            raise ValueError(f"DQNConfig.ez_mu must be 0 (plain epsilon-greedy) or > 1, "
+                             f"found {self.ez_mu}")
+        if self.ez_max_repeat < 1:
+            raise ValueError(f"DQNConfig.ez_max_repeat must be >= 1, found {self.ez_max_repeat}")
         if self.replay_capacity // self.num_envs <= self.n_step + 4:
             raise ValueError(f"DQNConfig.replay_capacity={self.replay_capacity} is too small "
                              f"for {self.num_envs} environments")
@@ -381,6 +397,9 @@ class DQN:
         self.obs = None
         self._episode_return = np.zeros(config.num_envs)
         self._episode_length = np.zeros(config.num_envs, dtype=int)
+        # Epsilon-z-greedy: steps left in each environment's exploratory run.
+        self._explore_left = np.zeros(config.num_envs, dtype=np.int64)
+        self._explore_action = np.zeros(config.num_envs, dtype=np.int32)
 
     @property
     def teacher_model(self) -> keras.Model:
@@ -407,14 +426,31 @@ class DQN:
         return float(c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start))
 
     def _act(self, obs) -> np.ndarray:
-        """Epsilon-greedy actions; the network runs only if some env is greedy."""
+        """Epsilon-(z-)greedy actions; the network runs only if some env is greedy.
+
+        With `ez_mu` > 1 an environment not already in an exploratory run
+        starts one with probability epsilon: a uniformly random action held
+        for n ~ zeta(ez_mu) steps (capped at `ez_max_repeat`), this step
+        included.
+        """
+        c = self.config
         n = obs.shape[0]
         actions = self.rng.integers(0, self.num_actions, size=n).astype(np.int32)
-        greedy = self.rng.random(n) >= self.epsilon()
+        explore = self.rng.random(n) < self.epsilon()
+        if c.ez_mu > 0:
+            running = self._explore_left > 0
+            start = explore & ~running
+            durations = np.minimum(self.rng.zipf(c.ez_mu, size=n), c.ez_max_repeat)
+            self._explore_action = np.where(start, actions, self._explore_action)
+            self._explore_left = np.where(start, durations, self._explore_left)
+            explore = running | start
+            actions = self._explore_action.copy()
+            self._explore_left = np.where(explore, self._explore_left - 1, 0)
+        greedy = ~explore
         if greedy.any():
             q = np.asarray(self.net.predict_on_batch(obs))
             actions = np.where(greedy, np.argmax(q, axis=1), actions).astype(np.int32)
-        return actions
+        return actions.astype(np.int32)
 
     def can_learn(self) -> bool:
         """Whether the memory holds enough agent steps to learn from."""
@@ -470,6 +506,7 @@ class DQN:
                 self._episode_return[i] = 0
                 self._episode_length[i] = 0
             self._valid = ~ended
+            self._explore_left[ended] = 0
             self._lives = lives
             self.obs = next_obs
             self.agent_steps += n

@@ -62,6 +62,11 @@ def define_flags():
                        "policy that acts and is optimised (a probability in [0, 1); default "
                        "the evaluation protocol's epsilon, so the policy trained is the one "
                        "scored).")
+    flags.DEFINE_float("ez_mu", 0.0,
+                       "DQN only: epsilon-z-greedy exploration (Dabney et al. 2021): an "
+                       "exploratory action is held for n ~ zeta(ez_mu) agent steps (at most "
+                       "100); 2 is the paper's value, 0 gives plain epsilon-greedy (1 step). "
+                       "Use it where a reward needs one action held for long (Freeway).")
     flags.DEFINE_bool("init_from_teacher", False,
                       "Without a checkpoint, start from the weights of the teacher in "
                       "--teachers_dir instead of random weights.")
@@ -87,7 +92,8 @@ def _make_algo(algo, game, spec, total_agent_steps):
                        total_agent_steps=total_agent_steps, seed=FLAGS.seed)
     from multidistill import dqn
 
-    return dqn.DQN(game.name, game.num_actions, spec, dqn.DQNConfig(num_envs=FLAGS.num_envs),
+    return dqn.DQN(game.name, game.num_actions, spec,
+                   dqn.DQNConfig(num_envs=FLAGS.num_envs, ez_mu=FLAGS.ez_mu),
                    total_agent_steps=total_agent_steps, seed=FLAGS.seed)
 
 
@@ -128,6 +134,8 @@ def main(argv):
     cli.require(FLAGS.num_env_frames >= 1, "--num_env_frames must be >= 1")
     cli.require(0.0 <= FLAGS.behaviour_epsilon < 1.0,
                 f"--behaviour_epsilon must be in [0, 1), found {FLAGS.behaviour_epsilon}")
+    cli.require(FLAGS.ez_mu == 0.0 or FLAGS.ez_mu > 1.0,
+                f"--ez_mu must be 0 (plain epsilon-greedy) or > 1, found {FLAGS.ez_mu}")
     try:
         teachers_dir.mkdir(parents=True, exist_ok=True)
         probe = teachers_dir / ".write_test"

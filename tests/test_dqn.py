@@ -180,3 +180,49 @@ def test_iterate_checkpoint_resume_and_teacher_export(tmp_path):
 def test_config_rejects_bad_sizes():
     with pytest.raises(ValueError, match="batch_size"):
         dqn.DQNConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"ez_mu must be 0 \(plain epsilon-greedy\) or > 1, "
+                                         r"found 0.5"):
+        dqn.DQNConfig(ez_mu=0.5)
+
+
+def _run_lengths(seq):
+    lengths, k = [], 1
+    for a, b in zip(seq[:-1], seq[1:]):
+        if a == b:
+            k += 1
+        else:
+            lengths.append(k)
+            k = 1
+    return lengths + [k]
+
+
+def test_ez_greedy_holds_an_exploratory_action_then_turns_greedy():
+    algo = _tiny_dqn(ez_mu=2.0, epsilon_end=0.0)
+    try:
+        obs = np.zeros((2,) + SPEC.observation_shape, np.uint8)
+        greedy = int(np.argmax(np.asarray(algo.net.predict_on_batch(obs))[0]))
+        held = (greedy + 1) % 6
+        algo.agent_steps = 10**6  # epsilon 0: no new exploratory run starts.
+        assert algo.epsilon() == 0.0
+        algo._explore_left[:] = [3, 0]
+        algo._explore_action[:] = [held, held]
+        got = [algo._act(obs).tolist() for _ in range(5)]
+        assert got == [[held, greedy]] * 3 + [[greedy, greedy]] * 2
+    finally:
+        algo.close()
+
+
+@pytest.mark.parametrize("mu, lo, hi", [(0.0, 1.0, 1.4), (2.0, 2.5, 6.0)])
+def test_exploratory_runs_last_as_the_zeta_law_says(mu, lo, hi):
+    """epsilon 1: plain runs of equal actions average 1/(1 - 1/6) = 1.2 steps;
+    zeta(2) durations capped at 100 average H_100 / zeta(2) = 3.2 (a bit more
+    where consecutive runs draw the same action)."""
+    algo = _tiny_dqn(ez_mu=mu)
+    try:
+        assert algo.epsilon() == 1.0  # Warm-up.
+        obs = np.zeros((2,) + SPEC.observation_shape, np.uint8)
+        seq = np.array([algo._act(obs) for _ in range(3000)])
+        mean = np.mean(_run_lengths(seq[:, 0].tolist()))
+        assert lo < mean < hi, mean
+    finally:
+        algo.close()

@@ -57,3 +57,9 @@ def test_behaviour_epsilon_out_of_range_is_refused(tmp_path):
     rc, out = run_cli(_args(tmp_path, "pong", "--behaviour_epsilon=1.5"))
     assert rc == 2 and "--behaviour_epsilon must be in [0, 1), found 1.5" in out, out
     assert not (tmp_path / "ck").exists()
+
+
+def test_ez_mu_out_of_range_is_refused(tmp_path):
+    args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path)]
+    rc, out = run_cli(args + ["--ez_mu=0.5"])
+    assert rc == 2 and "--ez_mu must be 0 (plain epsilon-greedy) or > 1, found 0.5" in out, out
