@@ -66,8 +66,13 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
-                panels: list[tuple[str, list[str]]], xlabel: str) -> Path | None:
-    """Plots tags from metrics.jsonl into one PNG, one panel per (title, tags)."""
+                panels: list[tuple[str, list[str]]], xlabel: str,
+                labels: dict[str, str] | None = None) -> Path | None:
+    """Plots tags from metrics.jsonl into one PNG, one panel per (title, tags).
+
+    A tag's legend entry is `labels[tag]`, else the tag after its first "/".
+    """
+    labels = labels or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +87,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
     for ax, (title, tags) in zip(axes[0], panels):
         for tag in tags:
             xs, ys = zip(*sorted(series[tag]))
-            ax.plot(xs, ys, label=tag.split("/", 1)[-1], marker="." if len(xs) < 50 else None)
+            ax.plot(xs, ys, label=labels.get(tag, tag.split("/", 1)[-1]),
+                    marker="." if len(xs) < 50 else None)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -197,7 +197,9 @@ def main(argv):
             ckpt_dir / "metrics.jsonl", ckpt_dir / "learning_curve.png",
             [("episode return", ["charts/episodic_return", "eval/mean_return"]),
              ("loss", ["losses/loss"])],
-            "emulator frames")
+            "emulator frames",
+            labels={"charts/episodic_return": "training episodes",
+                    "eval/mean_return": f"evaluation ({FLAGS.eval_episodes} episodes, protocol)"})
 
     def evaluate_and_export():
         protocol = evaluation.EvalProtocol(num_episodes=FLAGS.eval_episodes,
