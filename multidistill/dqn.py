@@ -450,7 +450,7 @@ class DQN:
         if greedy.any():
             q = np.asarray(self.net.predict_on_batch(obs))
             actions = np.where(greedy, np.argmax(q, axis=1), actions).astype(np.int32)
-        return actions.astype(np.int32)
+        return actions
 
     def can_learn(self) -> bool:
         """Whether the memory holds enough agent steps to learn from."""
