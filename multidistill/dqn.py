@@ -125,6 +125,10 @@ class DQNConfig:
                      "batch_size", "n_step", "target_update_period"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DQNConfig.{name} must be >= 1, found {getattr(self, name)}")
+        for name in ("epsilon_start", "epsilon_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DQNConfig.{name} must be in [0, 1], "
+                                 f"found {getattr(self, name)}")
         if not (self.ez_mu == 0.0 or self.ez_mu > 1.0):
             raise ValueError(f"DQNConfig.ez_mu must be 0 (plain epsilon-greedy) or > 1, "
                              f"found {self.ez_mu}")

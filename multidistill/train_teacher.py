@@ -67,6 +67,11 @@ def define_flags():
                        "exploratory action is held for n ~ zeta(ez_mu) agent steps (at most "
                        "100); 2 is the paper's value, 0 gives plain epsilon-greedy (1 step). "
                        "Use it where a reward needs one action held for long (Freeway).")
+    flags.DEFINE_float("epsilon_end", evaluation.EvalProtocol.epsilon,
+                       "DQN only: final exploration rate, the probability of a random action "
+                       "once the decay is over (in [0, 1]; default the evaluation protocol's "
+                       "epsilon, so the uncorrected n-step returns value the policy that is "
+                       "scored; Dopamine uses 0.01, Nature DQN 0.1).")
     flags.DEFINE_bool("init_from_teacher", False,
                       "Without a checkpoint, start from the weights of the teacher in "
                       "--teachers_dir instead of random weights.")
@@ -93,7 +98,8 @@ def _make_algo(algo, game, spec, total_agent_steps):
     from multidistill import dqn
 
     return dqn.DQN(game.name, game.num_actions, spec,
-                   dqn.DQNConfig(num_envs=FLAGS.num_envs, ez_mu=FLAGS.ez_mu),
+                   dqn.DQNConfig(num_envs=FLAGS.num_envs, ez_mu=FLAGS.ez_mu,
+                                 epsilon_end=FLAGS.epsilon_end),
                    total_agent_steps=total_agent_steps, seed=FLAGS.seed)
 
 
@@ -134,6 +140,8 @@ def main(argv):
     cli.require(FLAGS.num_env_frames >= 1, "--num_env_frames must be >= 1")
     cli.require(0.0 <= FLAGS.behaviour_epsilon < 1.0,
                 f"--behaviour_epsilon must be in [0, 1), found {FLAGS.behaviour_epsilon}")
+    cli.require(0.0 <= FLAGS.epsilon_end <= 1.0,
+                f"--epsilon_end must be in [0, 1], found {FLAGS.epsilon_end}")
     cli.require(FLAGS.ez_mu == 0.0 or FLAGS.ez_mu > 1.0,
                 f"--ez_mu must be 0 (plain epsilon-greedy) or > 1, found {FLAGS.ez_mu}")
     try:

@@ -183,6 +183,8 @@ def test_config_rejects_bad_sizes():
     with pytest.raises(ValueError, match=r"ez_mu must be 0 \(plain epsilon-greedy\) or > 1, "
                                          r"found 0.5"):
         dqn.DQNConfig(ez_mu=0.5)
+    with pytest.raises(ValueError, match=r"DQNConfig.epsilon_end must be in \[0, 1\], found -0.1"):
+        dqn.DQNConfig(epsilon_end=-0.1)
 
 
 def _run_lengths(seq):

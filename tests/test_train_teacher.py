@@ -63,3 +63,15 @@ def test_ez_mu_out_of_range_is_refused(tmp_path):
     args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path)]
     rc, out = run_cli(args + ["--ez_mu=0.5"])
     assert rc == 2 and "--ez_mu must be 0 (plain epsilon-greedy) or > 1, found 0.5" in out, out
+
+
+def test_epsilon_end_reaches_the_dqn_config_and_bad_values_are_refused(tmp_path):
+    args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path)]
+    rc, out = run_cli(args + ["--epsilon_end=1.5"])
+    assert rc == 2 and "--epsilon_end must be in [0, 1], found 1.5" in out, out
+    assert not (tmp_path / "ck").exists()
+    rc, out = run_cli(args + ["--num_env_frames=512", "--epsilon_end=0.2"])
+    assert rc == 0, out
+    card = json.loads((tmp_path / "teachers" / "pong.json").read_text())
+    assert card["kind"] == "q_values"
+    assert card["training"]["config"]["epsilon_end"] == 0.2
