@@ -53,13 +53,15 @@ class Sizes:
     """How much work each measurement does (each field is the flag of that name)."""
 
     repeats: int = 3
-    num_envs: int = 16
+    num_envs: int = 32  # build_datasets.BuildConfig.num_envs (a test checks)
+    eval_num_envs: int = 8  # evaluation.EvalProtocol.num_envs (a test checks)
     probe_steps: int = 4000
     build_steps: int = 20_000
     naive_steps: int = 2000
-    train_steps: int = 100
+    train_steps: int = 300
+    train_chunk_steps: int = 50
     warmup_steps: int = 10
-    eval_episodes_per_env: int = 1
+    eval_episodes_per_env: int = 2
     memory_steps: tuple[int, int] = (1_000_000, 50_000)
     memory_train_steps: int = 100
     max_episode_frames: int = 108_000
@@ -77,15 +79,17 @@ class Sizes:
 
 # One repeat of everything on tiny sizes: checks that the benchmark runs. Both
 # memory datasets hold >= 2 synthetic episodes, so both runs have held-out data.
-QUICK = Sizes(repeats=1, num_envs=4, probe_steps=64, build_steps=200, naive_steps=32,
-              train_steps=4, warmup_steps=2, memory_steps=(16_000, 4000), memory_train_steps=3,
-              max_episode_frames=400)
+QUICK = Sizes(repeats=1, num_envs=4, eval_num_envs=2, probe_steps=64, build_steps=200,
+              naive_steps=32, train_steps=4, train_chunk_steps=2, warmup_steps=2,
+              memory_steps=(16_000, 4000), memory_train_steps=3, max_episode_frames=400)
 
 SIZE_HELP = {
     "repeats": "Repeats of every measurement; a figure is the median of its per-repeat "
                "ratios (use >= 3).",
-    "num_envs": "Environments stepped together: the dataset builder's and the evaluator's "
-                "batch, i.e. samples per teacher/student inference call.",
+    "num_envs": "Environments the dataset builder steps together, i.e. samples per "
+                "teacher inference call (the product's default).",
+    "eval_num_envs": "Environments the evaluator steps together, i.e. samples per student "
+                     "inference call (the product's default).",
     "probe_steps": "Agent steps (summed over environments) of the environment-alone probe, "
                    "and samples of each inference-alone probe, per repeat.",
     "build_steps": "Agent steps each build repeat records with build_dataset (whole "
@@ -94,9 +98,13 @@ SIZE_HELP = {
                    "calls) per repeat.",
     "train_steps": "Gradient steps (or batches, for the loader alone) timed per training "
                    "measurement, after the warm-up.",
+    "train_chunk_steps": "Gradient steps per turn when training fed by the pipeline and "
+                         "fed from memory are timed in alternation (so that drifts in the "
+                         "machine's speed hit both alike).",
     "warmup_steps": "Untimed gradient steps (or batches) before each training measurement "
                     "(graph tracing, filling the pipeline's window).",
-    "eval_episodes_per_env": "Evaluation episodes per environment (num_envs environments).",
+    "eval_episodes_per_env": "Evaluation episodes per environment (eval_num_envs "
+                             "environments).",
     "memory_steps": "Agent steps per game of the two synthetic datasets whose training runs' "
                     "peak RSS is compared: larger,smaller.",
     "memory_train_steps": "Gradient steps of each memory training run (a fresh process).",
@@ -295,25 +303,61 @@ def discard(x, y) -> None:
     """A consumer that does nothing (the input pipeline alone)."""
 
 
+def alternating_samples_per_s(runs: dict[str, tuple[Iterator, Callable]], warmup: int,
+                              steps: int, chunk: int) -> dict[str, float]:
+    """Samples/s of each run `name: (batches, consume)`, timed in alternation.
+
+    Each run gets `warmup` untimed batches, then turns of `chunk` timed
+    batches in round-robin (the order reversed every round) until each has
+    had `steps`: a drift in the machine's speed (another process, a
+    frequency change) hits every run alike, instead of whichever ran last.
+    """
+    for batches, consume in runs.values():
+        for _ in range(warmup):
+            consume(*next(batches))
+    samples = dict.fromkeys(runs, 0)
+    seconds = dict.fromkeys(runs, 0.0)
+    order, done = list(runs), 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        for name in order:
+            batches, consume = runs[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                x, y = next(batches)
+                consume(x, y)
+                samples[name] += len(x["game_id"])
+            seconds[name] += time.perf_counter() - t0
+        order.reverse()
+        done += n
+    return {name: rate(samples[name], seconds[name]) for name in runs}
+
+
 def measure_training(raw: dict, students: dict, path: Path, sizes: Sizes, seed: int) -> None:
-    """Appends to `raw`: dqn training fed by the pipeline, every student fed from
-    memory (pre-built batches replayed), and the pipeline alone."""
+    """Appends to `raw`: dqn training fed by the pipeline and fed from memory
+    (pre-built batches replayed), timed in alternation; the other students fed
+    from memory; the pipeline alone."""
     config = distill_config("dqn", seed)
     timed = sizes.warmup_steps + sizes.train_steps
     with open_sampler(path, config) as sampler:
-        with prefetched_batches(sampler, 0) as batches:
-            raw["train_pipeline"].append(samples_per_s(
-                batches, students["dqn"].train_on_batch, sizes.warmup_steps,
-                sizes.train_steps))
+        prebuilt = [sampler.batch(i) for i in range(PREBUILT_BATCHES)]
+        with prefetched_batches(sampler, PREBUILT_BATCHES) as batches:
+            dqn = students["dqn"].train_on_batch
+            rates = alternating_samples_per_s(
+                {"train_pipeline": (batches, dqn),
+                 "train_memory/dqn": (itertools.cycle(prebuilt), dqn)},
+                sizes.warmup_steps, sizes.train_steps, sizes.train_chunk_steps)
+        for name, value in rates.items():
+            raw[name].append(value)
         # The loader alone continues where training stopped: same steady state.
-        with prefetched_batches(sampler, timed) as batches:
+        with prefetched_batches(sampler, PREBUILT_BATCHES + timed) as batches:
             raw["loader"].append(samples_per_s(batches, discard, sizes.warmup_steps,
                                                sizes.train_steps))
-        prebuilt = [sampler.batch(i) for i in range(PREBUILT_BATCHES)]
     for size, student in students.items():
-        raw[f"train_memory/{size}"].append(samples_per_s(
-            itertools.cycle(prebuilt), student.train_on_batch, sizes.warmup_steps,
-            sizes.train_steps))
+        if size != "dqn":
+            raw[f"train_memory/{size}"].append(samples_per_s(
+                itertools.cycle(prebuilt), student.train_on_batch, sizes.warmup_steps,
+                sizes.train_steps))
 
 
 def eval_steps_per_s(predict: Callable, spec, sizes: Sizes, threads: int) -> float:
@@ -323,7 +367,8 @@ def eval_steps_per_s(predict: Callable, spec, sizes: Sizes, threads: int) -> flo
     from multidistill import evaluation
 
     protocol = evaluation.EvalProtocol(
-        num_episodes=sizes.num_envs * sizes.eval_episodes_per_env, num_envs=sizes.num_envs,
+        num_episodes=sizes.eval_num_envs * sizes.eval_episodes_per_env,
+        num_envs=sizes.eval_num_envs,
         num_threads=threads)
     scores = evaluation.evaluate(GAME, predict, TEACHER_KIND, spec, protocol, progress=False)
     return scores.agent_steps_per_s
@@ -348,14 +393,17 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
                 for size in networks.STUDENT_SIZES}
     predicts = {size: evaluation.predict_fn(s.policy_network(GAME))
                 for size, s in students.items()}
-    observations = np.random.default_rng(0).integers(
-        0, 256, (sizes.num_envs,) + spec.observation_shape, dtype=np.uint8)
+    observations, eval_observations = (np.random.default_rng(0).integers(
+        0, 256, (n,) + spec.observation_shape, dtype=np.uint8)
+        for n in (sizes.num_envs, sizes.eval_num_envs))
     dataset = work / "datasets" / f"{GAME}.h5"
     raw = collections.defaultdict(list)
     for r in range(sizes.repeats):
         t0 = time.perf_counter()
         raw["env"].append(env_steps_per_s(spec, sizes.num_envs, threads, sizes.probe_steps,
                                           seed=r))
+        raw["env_eval"].append(env_steps_per_s(spec, sizes.eval_num_envs, threads,
+                                               sizes.probe_steps, seed=r))
         raw["teacher_infer"].append(
             inference_samples_per_s(teacher.label, observations, sizes.probe_steps))
         # The product's default for this machine (environments.env_groups),
@@ -371,7 +419,7 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
         measure_training(raw, students, dataset, sizes, seed=r)
         for size, predict in predicts.items():
             raw[f"infer/{size}"].append(
-                inference_samples_per_s(predict, observations, sizes.probe_steps))
+                inference_samples_per_s(predict, eval_observations, sizes.probe_steps))
         raw["eval"].append(eval_steps_per_s(predicts["dqn"], spec, sizes, threads))
         print(f"  {threads} thread(s): repeat {r + 1}/{sizes.repeats} took "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -514,11 +562,13 @@ FIGURES = (
            False, 1.3, lambda r: r["big"]["peak"] / r["small"]["peak"], source="memory"),
     Figure("eval efficiency",
            "evaluate steps/s / 1/(1/env steps/s + 1/student inference samples/s)",
-           True, 0.85, lambda r: r["eval"] / bound(r["env"], r["infer/dqn"])),
+           True, 0.85, lambda r: r["eval"] / bound(r["env_eval"], r["infer/dqn"])),
 )
 
 RAW_QUANTITIES = (
-    ("env", "vector env alone, random actions", "agent steps/s"),
+    ("env", "vector env alone, random actions (build's num_envs)", "agent steps/s"),
+    ("env_eval", "vector env alone, random actions (evaluation's num_envs)",
+     "agent steps/s"),
     ("teacher_infer", "teacher.label alone", "samples/s"),
     ("build", "build_dataset, default env groups (HDF5 writing included)",
      "agent steps/s"),
@@ -648,7 +698,8 @@ def render_markdown(results: dict, summary: dict, command: str) -> str:
         "# multidistill benchmarks", "",
         f"Command: `{command}`. Total wall time: {results['wall_s']:.0f} s. Pong, Nature-DQN "
         f"teacher with random weights (q_values), default `dqn` student; batch "
-        f"(num_envs) {sizes['num_envs']}; building and evaluation in "
+        f"(num_envs) {sizes['num_envs']} in building, {sizes['eval_num_envs']} in "
+        f"evaluation; building and evaluation in "
         f"{_default_groups()} env group(s) by default on this machine; each figure "
         f"is the median over "
         f"{sizes['repeats']} repeat(s) of a ratio measured within one repeat.", "",
@@ -671,7 +722,7 @@ def render_markdown(results: dict, summary: dict, command: str) -> str:
                     for key, text, unit in RAW_QUANTITIES])
     lines += ["", f"## Students ({head} thread(s))", "",
               "Training fed from batches in memory; inference at batch "
-              f"{sizes['num_envs']} (what evaluation calls); ratios are medians of per-repeat "
+              f"{sizes['eval_num_envs']} (what evaluation calls); ratios are medians of per-repeat "
               "ratios to `dqn`.", ""]
     lines += table(["student", "parameters", "train samples/s", "ratio to dqn",
                     "inference samples/s", "ratio to dqn"],

@@ -17,7 +17,9 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,7 +51,7 @@ class BuildConfig:
 
     num_agent_steps: int = 100_000
     epsilon: float = 0.05
-    num_envs: int = 16
+    num_envs: int = 32
     num_threads: int = 0
     num_env_groups: int = 0
     overlap_env_groups: bool | None = None
@@ -177,6 +179,7 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
     t0 = time.perf_counter()
     startup = None
     interrupted = ""
+    appender = _BackgroundAppender(writer)
     with interrupts.deferred_interrupts() as stop:
         try:
             for step in acting.play(env, policy, seed, active=recording, overlap=overlap):
@@ -187,13 +190,13 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                     if not (step.terminated[i] or step.truncated[i]):
                         continue
                     episode = buffers[i].take()
-                    writer.append_episode(episode)
+                    appender.append(episode)
                     if bar is not None:
                         bar.update(min(len(episode["frames"]), bar.total - bar.n))
-                        bar.set_postfix(episodes=writer.num_episodes,
-                                        mean_return=f"{writer.mean_episode_return:.1f}")
-                    under_way = sum(len(b.rows) for b in buffers)
-                    if writer.num_agent_steps + under_way >= config.num_agent_steps:
+                        bar.set_postfix(episodes=appender.num_episodes,
+                                        mean_return=f"{appender.mean_episode_return:.1f}")
+                    under_way = sum(len(b) for b in buffers)
+                    if appender.num_agent_steps + under_way >= config.num_agent_steps:
                         recording[i] = False
                 if stop.requested:  # Whole episodes are written; the rest is dropped.
                     interrupted = stop.name
@@ -202,8 +205,11 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                     break
         finally:
             environments.close_all(env)
-            if bar is not None:
-                bar.close()
+            try:
+                appender.close()  # Every episode handed over is written.
+            finally:
+                if bar is not None:
+                    bar.close()
     seconds = time.perf_counter() - t0
     startup = seconds if startup is None else startup
     added = writer.num_agent_steps - start_steps
@@ -216,35 +222,111 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                 interrupted=interrupted)
 
 
+class _BackgroundAppender:
+    """Appends whole episodes to a `DatasetWriter` from a background thread.
+
+    Compressing and checksumming an episode takes tens of milliseconds;
+    h5py releases the GIL while it writes, so the writing overlaps with
+    emulation and inference instead of stalling the play loop. At most
+    `max_pending` episodes wait (bounded memory). Counts (`num_agent_steps`,
+    ...) include the episodes handed over, written or not. A write error is
+    raised by the next `append` or by `close`; the episodes written before
+    it are intact (the writer's commit protocol).
+    """
+
+    def __init__(self, writer: datasets.DatasetWriter, max_pending: int = 4):
+        self.writer = writer
+        self.num_agent_steps = writer.num_agent_steps
+        self.num_episodes = writer.num_episodes
+        self._return_sum = writer.mean_episode_return * writer.num_episodes \
+            if writer.num_episodes else 0.0
+        self._queue: queue.Queue = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="multidistill-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def mean_episode_return(self) -> float:
+        return self._return_sum / self.num_episodes if self.num_episodes else float("nan")
+
+    def _run(self) -> None:
+        while True:
+            episode = self._queue.get()
+            if episode is None:
+                return
+            if self._error is None:  # After an error, the rest is dropped.
+                try:
+                    self.writer.append_episode(episode)
+                except BaseException as e:  # Handed to the main thread.
+                    self._error = e
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def append(self, episode: dict[str, np.ndarray]) -> None:
+        self._raise_error()
+        self._queue.put(episode)
+        self.num_agent_steps += len(episode["frames"])
+        self.num_episodes += 1
+        self._return_sum += float(np.sum(episode["rewards"], dtype=np.float64))
+
+    def close(self) -> None:
+        """Waits until every episode handed over is written; raises a write error."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_error()
+
+
 class _EpisodeBuffer:
-    """The steps of one environment's current episode."""
+    """The steps of one environment's current episode.
+
+    Rows are copied into arrays owned by the buffer (grown by doubling), so
+    the step's batch arrays (all environments' frame stacks, teacher outputs)
+    are freed at once: holding views into them would keep every step's whole
+    batch alive until the episode ends, hundreds of MB, and make each new
+    batch land in fresh, cold memory.
+    """
 
     def __init__(self):
-        self.rows = []
+        self._cols: dict[str, np.ndarray] | None = None
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
 
     def add(self, step: acting.StepBatch, i: int):
-        self.rows.append((
-            step.observations[i, -1],
-            step.extras["outputs"][i],
-            step.extras["features"][i],
-            step.actions[i],
-            step.rewards[i],
-            step.terminated[i],
-            step.truncated[i],
-        ))
+        row = {
+            "frames": step.observations[i, -1],
+            "teacher_outputs": step.extras["outputs"][i],
+            "teacher_features": step.extras["features"][i],
+            "actions": step.actions[i],
+            "rewards": step.rewards[i],
+            "terminated": step.terminated[i],
+            "truncated": step.truncated[i],
+        }
+        if self._cols is None:
+            self._cols = {k: np.empty((1024,) + np.shape(v), _BUFFER_DTYPES[k])
+                          for k, v in row.items()}
+        if self._n == len(self._cols["frames"]):
+            self._cols = {k: np.concatenate([v, np.empty_like(v)])
+                          for k, v in self._cols.items()}
+        for k, v in row.items():
+            self._cols[k][self._n] = v
+        self._n += 1
 
     def take(self) -> dict[str, np.ndarray]:
-        cols = list(zip(*self.rows))
-        self.rows = []
-        return {
-            "frames": np.stack(cols[0]).astype(np.uint8),
-            "teacher_outputs": np.stack(cols[1]).astype(np.float32),
-            "teacher_features": np.stack(cols[2]).astype(np.float32),
-            "actions": np.asarray(cols[3], np.uint8),
-            "rewards": np.asarray(cols[4], np.float32),
-            "terminated": np.asarray(cols[5], bool),
-            "truncated": np.asarray(cols[6], bool),
-        }
+        """The episode's arrays (copies); the buffer starts empty again."""
+        n, self._n = self._n, 0
+        return {k: v[:n].copy() for k, v in self._cols.items()}
+
+
+_BUFFER_DTYPES = dict(frames=np.uint8, teacher_outputs=np.float32,
+                      teacher_features=np.float32, actions=np.uint8, rewards=np.float32,
+                      terminated=bool, truncated=bool)
 
 
 def _progress_bar(enabled: bool, total: int, game: str):

@@ -77,3 +77,33 @@ def test_help_names_units():
     words = " ".join(out.split())  # Help lines wrap at the terminal's width.
     for unit in ("Agent steps", "Gradient steps", "emulator frames", "Thread counts"):
         assert unit in words
+
+
+def test_default_batches_are_the_products(bench):
+    from multidistill import build_datasets, evaluation
+
+    assert bench.Sizes().num_envs == build_datasets.BuildConfig().num_envs
+    assert bench.Sizes().eval_num_envs == evaluation.EvalProtocol().num_envs
+
+
+def test_alternating_timer_gives_each_run_its_steps_in_turns(bench, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def consumer(name, seconds_per_batch):
+        def consume(x, y):
+            calls.append(name)
+            clock[0] += seconds_per_batch
+        return consume
+
+    def batches(n):
+        while True:
+            yield {"game_id": [0] * n}, None
+
+    rates = bench.alternating_samples_per_s(
+        {"a": (batches(4), consumer("a", 0.5)), "b": (batches(2), consumer("b", 0.1))},
+        warmup=1, steps=5, chunk=2)
+    # Warm-up (untimed), then turns of 2, 2 and 1 batches, the order reversed each round.
+    assert calls == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a", "b"]
+    assert rates == pytest.approx({"a": 4 / 0.5, "b": 2 / 0.1})

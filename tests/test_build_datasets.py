@@ -3,8 +3,9 @@
 
 import numpy as np
 import pytest
+from conftest import new_writer, synthetic_episode
 
-from multidistill import build_datasets, datasets, teachers
+from multidistill import acting, build_datasets, datasets, teachers
 
 
 def test_built_dataset_matches_teacher_and_schema(datasets_dir, teachers_dir, spec):
@@ -86,3 +87,64 @@ def test_env_groups_record_the_same_episodes_as_lockstep(tmp_path, teachers_dir,
         np.testing.assert_array_equal(a["actions"], b["actions"])
         np.testing.assert_allclose(a["teacher_outputs"], b["teacher_outputs"],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_background_appender_writes_every_episode_in_order(tmp_path, spec):
+    path = tmp_path / "pong.h5"
+    episodes = [synthetic_episode(t, seed=k) for k, t in enumerate((3, 700, 1, 40, 9, 2))]
+    with new_writer(path, spec) as w:
+        appender = build_datasets._BackgroundAppender(w, max_pending=2)
+        for e in episodes:
+            appender.append(e)
+        # Counted when handed over, whether written yet or not.
+        assert (appender.num_agent_steps, appender.num_episodes) == (755, 6)
+        appender.close()
+        assert (w.num_agent_steps, w.num_episodes) == (755, 6)
+        expected_mean = np.mean([np.sum(e["rewards"], dtype=np.float64) for e in episodes])
+        assert appender.mean_episode_return == pytest.approx(expected_mean)
+    with datasets.Dataset(path) as ds:
+        np.testing.assert_array_equal(ds.episode_lengths, [3, 700, 1, 40, 9, 2])
+        frames = ds.read_block(0, ds.num_agent_steps)["observations"][:, -1]
+        np.testing.assert_array_equal(frames, np.concatenate([e["frames"] for e in episodes]))
+
+
+def test_background_appender_raises_a_write_error_and_keeps_what_was_written(tmp_path, spec):
+    path = tmp_path / "pong.h5"
+    bad = synthetic_episode(5, seed=1)
+    bad["teacher_outputs"][2, 0] = np.inf
+    with new_writer(path, spec) as w:
+        appender = build_datasets._BackgroundAppender(w)
+        appender.append(synthetic_episode(4, seed=0))
+        appender.append(bad)
+        appender.append(synthetic_episode(6, seed=2))  # Dropped after the error.
+        with pytest.raises(datasets.DatasetError, match="NaN or infinite"):
+            appender.close()
+    with datasets.Dataset(path) as ds:
+        assert (ds.num_episodes, ds.num_agent_steps) == (1, 4)
+
+
+def test_episode_buffer_copies_rows_and_grows(spec):
+    buf = build_datasets._EpisodeBuffer()
+    n, stack = 2, spec.frame_stack
+    for t in range(2500):  # Past the first capacity (1024 rows), twice.
+        obs = np.full((n, stack, 84, 84), t % 251, np.uint8)
+        step = acting.StepBatch(
+            observations=obs, actions=np.array([t % 6, 0], np.int32),
+            extras={"outputs": np.full((n, 3), t, np.float32),
+                    "features": np.full((n, 4), -t, np.float32)},
+            rewards=np.array([t, 0], np.float32), terminated=np.array([t == 2499, False]),
+            truncated=np.zeros(n, bool), valid=np.ones(n, bool),
+            episode_offsets=np.full(n, t))
+        buf.add(step, 0)
+        obs[:] = 255  # The buffer holds copies, not views into the batch.
+    assert len(buf) == 2500
+    e = buf.take()
+    assert len(buf) == 0
+    t = np.arange(2500)
+    np.testing.assert_array_equal(e["frames"][:, 0, 0], t % 251)
+    np.testing.assert_array_equal(e["teacher_outputs"][:, 1], t)
+    np.testing.assert_array_equal(e["teacher_features"][:, 3], -t)
+    np.testing.assert_array_equal(e["actions"], t % 6)
+    np.testing.assert_array_equal(e["rewards"], t)
+    assert e["terminated"].sum() == 1 and e["terminated"][-1]
+    assert e["frames"].dtype == np.uint8 and e["actions"].dtype == np.uint8
