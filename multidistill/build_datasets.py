@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import math
 import os
 import queue
 import sys
@@ -171,10 +172,17 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
             "outputs": outputs, "features": features}
 
     buffers = [_EpisodeBuffer() for _ in range(config.num_envs)]
-    # Once the steps written plus those of the episodes under way reach the
-    # target, environments that finish an episode stop recording (the others
-    # finish theirs): whole episodes, and no recorded step thrown away.
+    # Whole episodes, and no recorded step thrown away: an environment that
+    # finishes an episode starts another only while the target is not met by
+    # the steps written plus those the other episodes under way are expected
+    # to reach (see `_projected_steps`); the last one recording goes on until
+    # the target is met. A top-up of a file that has episodes starts only as
+    # many environments as its mean episode length says are needed.
     recording = np.ones(config.num_envs, dtype=bool)
+    if writer.num_episodes:
+        mean_length = writer.num_agent_steps / writer.num_episodes
+        needed = math.ceil((config.num_agent_steps - start_steps) / mean_length)
+        recording[max(1, needed):] = False
     bar = _progress_bar(progress, config.num_agent_steps - start_steps, game.name)
     t0 = time.perf_counter()
     startup = None
@@ -195,8 +203,8 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                         bar.update(min(len(episode["frames"]), bar.total - bar.n))
                         bar.set_postfix(episodes=appender.num_episodes,
                                         mean_return=f"{appender.mean_episode_return:.1f}")
-                    under_way = sum(len(b) for b in buffers)
-                    if appender.num_agent_steps + under_way >= config.num_agent_steps:
+                    if _projected_steps(appender, buffers, recording, i) >= \
+                            config.num_agent_steps:
                         recording[i] = False
                 if stop.requested:  # Whole episodes are written; the rest is dropped.
                     interrupted = stop.name
@@ -220,6 +228,19 @@ def _fill(writer, teacher, game, config, preprocessing, progress) -> dict:
                 seconds=seconds, startup_seconds=startup,
                 agent_steps_per_s=added / max(seconds - startup, 1e-9),
                 interrupted=interrupted)
+
+
+def _projected_steps(appender: _BackgroundAppender, buffers: list[_EpisodeBuffer],
+                     recording: np.ndarray, but: int) -> float:
+    """Steps the file is expected to hold once the episodes under way end.
+
+    The steps handed to the writer, plus, for each environment recording
+    except `but`, the length its episode has reached or the mean episode
+    length so far, whichever is larger.
+    """
+    mean_length = appender.num_agent_steps / max(appender.num_episodes, 1)
+    return appender.num_agent_steps + sum(
+        max(len(buffers[j]), mean_length) for j in np.flatnonzero(recording) if j != but)
 
 
 class _BackgroundAppender:

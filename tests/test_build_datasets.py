@@ -148,3 +148,62 @@ def test_episode_buffer_copies_rows_and_grows(spec):
     np.testing.assert_array_equal(e["rewards"], t)
     assert e["terminated"].sum() == 1 and e["terminated"][-1]
     assert e["frames"].dtype == np.uint8 and e["actions"].dtype == np.uint8
+
+
+class _FixedLengthEnvs:
+    """A vector env whose episodes all last `length` agent steps (NextStep autoreset)."""
+
+    def __init__(self, num_envs, length):
+        self.num_envs, self.length = num_envs, length
+        self.t = np.zeros(num_envs, int)
+
+    def _obs(self):
+        return np.zeros((self.num_envs, 4, 84, 84), np.uint8)
+
+    def reset(self, seed):
+        return self._obs(), {}
+
+    def send(self, actions):
+        pass
+
+    def recv(self):
+        self.t = (self.t + 1) % (self.length + 1)  # Step `length + 1` is the reset.
+        ended = self.t == self.length
+        return self._obs(), np.zeros(self.num_envs, np.float32), ended, np.zeros_like(ended), {}
+
+    def close(self):
+        pass
+
+
+class _ConstantTeacher:
+    def label(self, obs):
+        return np.zeros((len(obs), 3), np.float32), np.zeros((len(obs), 5), np.float32)
+
+    def act(self, outputs, epsilon, rng):
+        return np.zeros(len(outputs), np.int32)
+
+
+def test_recording_stops_when_the_episodes_under_way_will_meet_the_target(
+        tmp_path, spec, monkeypatch):
+    monkeypatch.setattr(build_datasets.environments, "make_vector_envs",
+                        lambda *a, **k: [_FixedLengthEnvs(4, length=10)])
+    game = type("Game", (), {"name": "pong"})
+
+    def fill(writer, target):
+        config = build_datasets.BuildConfig(num_agent_steps=target, num_envs=4)
+        return build_datasets._fill(writer, _ConstantTeacher(), game, config, spec, False)
+
+    with new_writer(tmp_path / "pong.h5", spec) as w:
+        # All four episodes end at step 10 (40 steps); the first to end goes on,
+        # the others stop: 40 written + 10 expected of the one under way >= 45.
+        # (Stopping only once the steps *reached* met the target would record 80.)
+        s = fill(w, 45)
+        assert (s["num_agent_steps"], s["num_episodes"]) == (50, 5)
+        # A top-up starts only the environments its mean episode length says
+        # it needs: 20 more steps, episodes of 10, so 2 environments.
+        s = fill(w, 70)
+        assert (s["num_agent_steps"], s["num_episodes"], s["added_agent_steps"]) == (70, 7, 20)
+        # Whatever the projection, the last environment recording goes on
+        # until the target is met.
+        s = fill(w, 95)
+        assert s["num_agent_steps"] >= 95 and s["num_agent_steps"] % 10 == 0
