@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-import sys
 import threading
 from collections.abc import Sequence
 
@@ -71,10 +70,6 @@ class PipelineConfig:
                 any(w < 0 for w in self.game_weights) or sum(self.game_weights) <= 0):
             raise ValueError(f"game_weights must be >= 0 with a positive sum, "
                              f"found {self.game_weights}")
-
-
-# The interpreter's switch interval while a prefetch thread runs (see `iterate`).
-PREFETCH_SWITCH_INTERVAL_S = 0.0005
 
 
 def _split_counts(total: int, weights: Sequence[float]) -> list[int]:
@@ -304,14 +299,6 @@ class MultiGameSampler:
                 q.put(e)
 
         thread = threading.Thread(target=produce, name="multidistill-prefetch", daemon=True)
-        # The training step needs the GIL for a moment between its compiled
-        # calls; while the producer runs Python it would wait up to the
-        # interpreter's switch interval (5 ms by default, a third of a
-        # gradient step) for it. A shorter interval while batches are
-        # produced lets it back in at once (measured: pipeline-fed training
-        # from 0.91 to 0.95 of memory-fed, 2 cores).
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, PREFETCH_SWITCH_INTERVAL_S))
         thread.start()
         try:
             while True:
@@ -322,7 +309,6 @@ class MultiGameSampler:
         finally:
             stop.set()
             thread.join(timeout=5)
-            sys.setswitchinterval(switch_interval)
 
     def close(self):
         for ds in self.datasets:
