@@ -288,15 +288,8 @@ def naive_steps_per_s(teacher, spec, steps: int, seed: int) -> float:
 def samples_per_s(batches: Iterator[tuple[dict, dict]], consume: Callable, warmup: int,
                   steps: int) -> float:
     """Samples/s of `consume(x, y)` over `steps` batches, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        consume(*next(batches))
-    samples = 0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(batches)
-        consume(x, y)
-        samples += len(x["game_id"])
-    return rate(samples, time.perf_counter() - t0)
+    return alternating_samples_per_s({"run": (batches, consume)}, warmup, steps,
+                                     chunk=steps)["run"]
 
 
 def discard(x, y) -> None:
