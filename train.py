@@ -67,6 +67,11 @@ flags.DEFINE_float("feature_beta", 0.0,
 flags.DEFINE_enum("student_size", "dqn", list(networks.STUDENT_SIZES),
                   "Student trunk: dqn (32/64/64 conv, 512 hidden) or Rusu's compressed "
                   "net1/net2/net3.")
+flags.DEFINE_enum("precision", "auto", ["auto", *networks.PRECISIONS],
+                  "Student arithmetic: float32, or mixed_bfloat16 (trunk computed in "
+                  "bfloat16 on float32 weights; about 1.4x faster training on CPUs with "
+                  "AVX512-BF16 or AMX); auto picks mixed_bfloat16 on such CPUs with "
+                  "TensorFlow, float32 elsewhere.")
 flags.DEFINE_integer("num_grad_steps", 25_000, "Gradient steps of the whole run.")
 flags.DEFINE_integer("batch_size_per_game", 32,
                      "Samples per game in each minibatch (batch = this x number of games).")
@@ -143,6 +148,8 @@ def main(argv):
             learning_rate=FLAGS.learning_rate, num_grad_steps=FLAGS.num_grad_steps,
             checkpoint_every_steps=FLAGS.checkpoint_every_steps,
             eval_every_steps=FLAGS.eval_every_steps,
+            precision=(networks.default_precision() if FLAGS.precision == "auto"
+                       else FLAGS.precision),
             pipeline=pipeline.PipelineConfig(
                 batch_size_per_game=FLAGS.batch_size_per_game, seed=FLAGS.seed,
                 game_weights=(tuple(weights.get(g, 1.0) for g in game_names)
@@ -181,7 +188,8 @@ def main(argv):
         f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}_{FLAGS.preset}"
         f"_seed{FLAGS.seed}"))
     print(f"[2/3] distilling into {run_dir} ({config.num_grad_steps:,} gradient steps of "
-          f"{config.pipeline.batch_size_per_game * len(game_names)} samples)")
+          f"{config.pipeline.batch_size_per_game * len(game_names)} samples, "
+          f"{config.precision})")
     paths = [str(build_datasets.dataset_path(FLAGS.datasets_dir, g)) for g in game_names]
     d = distiller.Distiller(run_dir, config, paths, spec,
                             teacher_kinds=[teachers[g].kind for g in game_names])

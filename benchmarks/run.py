@@ -168,9 +168,11 @@ def make_teacher(directory: Path, spec):
 
 
 def distill_config(student_size: str, seed: int = 0, **kwargs):
-    """The product's default distillation settings for one game."""
-    from multidistill import distiller, pipeline
+    """The product's default distillation settings for one game (the
+    precision train.py picks on this machine unless `precision` is given)."""
+    from multidistill import distiller, networks, pipeline
 
+    kwargs.setdefault("precision", networks.default_precision())
     return distiller.DistillConfig(
         games=(GAME,), temperatures=(distiller.default_temperature(TEACHER_KIND),),
         student_size=student_size, pipeline=pipeline.PipelineConfig(seed=seed), **kwargs)
@@ -326,20 +328,25 @@ def alternating_samples_per_s(runs: dict[str, tuple[Iterator, Callable]], warmup
     return {name: rate(samples[name], seconds[name]) for name in runs}
 
 
-def measure_training(raw: dict, students: dict, path: Path, sizes: Sizes, seed: int) -> None:
+def measure_training(raw: dict, students: dict, path: Path, sizes: Sizes, seed: int,
+                     dqn_float32=None) -> None:
     """Appends to `raw`: dqn training fed by the pipeline and fed from memory
-    (pre-built batches replayed), timed in alternation; the other students fed
-    from memory; the pipeline alone."""
+    (pre-built batches replayed), and the dqn student in float32 fed from
+    memory (`dqn_float32`, if given), timed in alternation; the other
+    students fed from memory; the pipeline alone."""
     config = distill_config("dqn", seed)
     timed = sizes.warmup_steps + sizes.train_steps
     with open_sampler(path, config) as sampler:
         prebuilt = [sampler.batch(i) for i in range(PREBUILT_BATCHES)]
         with prefetched_batches(sampler, PREBUILT_BATCHES) as batches:
             dqn = students["dqn"].train_on_batch
-            rates = alternating_samples_per_s(
-                {"train_pipeline": (batches, dqn),
-                 "train_memory/dqn": (itertools.cycle(prebuilt), dqn)},
-                sizes.warmup_steps, sizes.train_steps, sizes.train_chunk_steps)
+            runs = {"train_pipeline": (batches, dqn),
+                    "train_memory/dqn": (itertools.cycle(prebuilt), dqn)}
+            if dqn_float32 is not None:
+                runs["train_memory_float32/dqn"] = (itertools.cycle(prebuilt),
+                                                    dqn_float32.train_on_batch)
+            rates = alternating_samples_per_s(runs, sizes.warmup_steps, sizes.train_steps,
+                                              sizes.train_chunk_steps)
         for name, value in rates.items():
             raw[name].append(value)
         # The loader alone continues where training stopped: same steady state.
@@ -384,8 +391,13 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
     students = {size: distiller.build_student(distill_config(size), [num_actions],
                                               [teacher.feature_dim], spec)[0]
                 for size in networks.STUDENT_SIZES}
+    dqn_float32 = distiller.build_student(distill_config("dqn", precision="float32"),
+                                          [num_actions], [teacher.feature_dim], spec)[0]
     predicts = {size: evaluation.predict_fn(s.policy_network(GAME))
                 for size, s in students.items()}
+    # The product's evaluation path without XLA, for the gain XLA brings.
+    predict_plain = evaluation.predict_fn(students["dqn"].policy_network(GAME),
+                                          jit_compile=False)
     observations, eval_observations = (np.random.default_rng(0).integers(
         0, 256, (n,) + spec.observation_shape, dtype=np.uint8)
         for n in (sizes.num_envs, sizes.eval_num_envs))
@@ -409,15 +421,21 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
             raw[name].append(build_once(teacher, dataset, spec, sizes, threads, seed=r,
                                         groups=groups, overlap=overlap)[0])
         raw["naive"].append(naive_steps_per_s(teacher, spec, sizes.naive_steps, seed=r))
-        measure_training(raw, students, dataset, sizes, seed=r)
+        measure_training(raw, students, dataset, sizes, seed=r, dqn_float32=dqn_float32)
         for size, predict in predicts.items():
             raw[f"infer/{size}"].append(
                 inference_samples_per_s(predict, eval_observations, sizes.probe_steps))
-        raw["eval"].append(eval_steps_per_s(predicts["dqn"], spec, sizes, threads))
+        raw["infer_plain/dqn"].append(
+            inference_samples_per_s(predict_plain, eval_observations, sizes.probe_steps))
+        # Alternate which evaluation runs first.
+        for name in ("eval", "eval_plain")[::1 if r % 2 == 0 else -1]:
+            raw[name].append(eval_steps_per_s(
+                predicts["dqn"] if name == "eval" else predict_plain, spec, sizes, threads))
         print(f"  {threads} thread(s): repeat {r + 1}/{sizes.repeats} took "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     return {"repeats": dict(raw),
-            "params": {size: int(s.count_params()) for size, s in students.items()}}
+            "params": {size: int(s.count_params()) for size, s in students.items()},
+            "precision": students["dqn"].precision}
 
 
 def synthetic_episode(steps: int, num_actions: int, feature_dim: int,
@@ -571,9 +589,21 @@ RAW_QUANTITIES = (
     ("naive", "naive loop (1 env, batch-1 teacher)", "agent steps/s"),
     ("train_pipeline", "dqn training fed by the pipeline", "samples/s"),
     ("train_memory/dqn", "dqn training fed from memory", "samples/s"),
+    ("train_memory_float32/dqn", "dqn training fed from memory, float32", "samples/s"),
     ("loader", "pipeline alone", "samples/s"),
-    ("infer/dqn", "dqn student inference alone", "samples/s"),
+    ("infer/dqn", "dqn student inference alone (XLA, float32)", "samples/s"),
+    ("infer_plain/dqn", "dqn student inference alone, without XLA", "samples/s"),
     ("eval", "evaluate (dqn student)", "agent steps/s"),
+    ("eval_plain", "evaluate (dqn student), inference without XLA", "agent steps/s"),
+)
+
+# Same-repeat ratios of the product's choices to the alternatives: (label,
+# numerator, denominator).
+SPEEDUPS = (
+    ("dqn training from memory: the default precision / float32",
+     "train_memory/dqn", "train_memory_float32/dqn"),
+    ("dqn student inference alone: XLA / without", "infer/dqn", "infer_plain/dqn"),
+    ("evaluate: XLA inference / without", "eval", "eval_plain"),
 )
 
 
@@ -623,10 +653,13 @@ def summarize(results: dict) -> dict:
         "infer_ratio": median_of(repeats[head],
                                  lambda r, s=size: r[f"infer/{s}"] / r["infer/dqn"]),
     } for size in sizes}
+    speedups = {label: {t: median_of(repeats[t], lambda r, a=a, b=b: r[a] / r[b])
+                        for t in threads} for label, a, b in SPEEDUPS}
     memory = {k: median_of(mem, lambda r, k=k: r[k]["peak"]) for k in ("big", "small")}
     memory["before"] = median_of(mem, lambda r: r["small"]["before"])
     return {"figures": figures, "raw": raw, "compressed": compressed, "memory": memory,
-            "head": head}
+            "head": head, "speedups": speedups,
+            "precision": results["throughputs"][head].get("precision", "float32")}
 
 
 # -- report ------------------------------------------------------------------------
@@ -690,7 +723,9 @@ def render_markdown(results: dict, summary: dict, command: str) -> str:
     lines = [
         "# multidistill benchmarks", "",
         f"Command: `{command}`. Total wall time: {results['wall_s']:.0f} s. Pong, Nature-DQN "
-        f"teacher with random weights (q_values), default `dqn` student; batch "
+        f"teacher with random weights (q_values), default `dqn` student "
+        f"({summary['precision']} here, as train.py picks it; evaluated in float32 "
+        f"through XLA); batch "
         f"(num_envs) {sizes['num_envs']} in building, {sizes['eval_num_envs']} in "
         f"evaluation; building and evaluation in "
         f"{_default_groups()} env group(s) by default on this machine; each figure "
@@ -713,6 +748,12 @@ def render_markdown(results: dict, summary: dict, command: str) -> str:
                    [[text, unit] + [fmt(raw[key][t]) for t in threads]
                     + ([fmt(raw[key][threads[-1]] / raw[key][threads[0]])] if scale else [])
                     for key, text, unit in RAW_QUANTITIES])
+    lines += ["", "## Precision and XLA", "",
+              "The product's choices against the alternatives, medians of per-repeat "
+              "ratios.", ""]
+    lines += table(["comparison"] + [f"{t} thread(s)" for t in threads],
+                   [[label] + [fmt(summary["speedups"][label][t]) for t in threads]
+                    for label, _, _ in SPEEDUPS])
     lines += ["", f"## Students ({head} thread(s))", "",
               "Training fed from batches in memory; inference at batch "
               f"{sizes['eval_num_envs']} (what evaluation calls); ratios are medians of per-repeat "

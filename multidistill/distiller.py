@@ -59,6 +59,11 @@ class DistillConfig:
       checkpoint_every_steps: gradient steps between checkpoints.
       eval_every_steps: gradient steps between held-out metrics.
       pipeline: minibatch sampling settings.
+      precision: the student's numeric precision, "float32" or
+        "mixed_bfloat16" (`networks.PRECISIONS`; train.py picks
+        `networks.default_precision()`). Like the prefetch depth, an
+        execution setting: a run may resume in the other precision (the
+        weights and optimizer state are float32 in both).
     """
 
     games: tuple[str, ...]
@@ -72,8 +77,12 @@ class DistillConfig:
     checkpoint_every_steps: int = 1_000
     eval_every_steps: int = 500
     pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
+    precision: str = "float32"
 
     def __post_init__(self):
+        if self.precision not in networks.PRECISIONS:
+            raise ValueError(f"precision must be one of {list(networks.PRECISIONS)}, "
+                             f"found {self.precision!r}")
         if self.loss not in losses.POLICY_LOSSES:
             raise ValueError(f"loss must be one of {sorted(losses.POLICY_LOSSES)}, "
                              f"found {self.loss!r}")
@@ -102,7 +111,7 @@ class DistillConfig:
     def identity(self) -> dict:
         """The settings a resumed run must share (the step budget may grow)."""
         d = self.to_dict()
-        for k in ("num_grad_steps", "checkpoint_every_steps", "eval_every_steps"):
+        for k in ("num_grad_steps", "checkpoint_every_steps", "eval_every_steps", "precision"):
             d.pop(k)
         d["pipeline"].pop("prefetch_batches")
         return d
@@ -126,6 +135,7 @@ def build_student(config: DistillConfig, num_actions: Sequence[int],
         temperatures=config.temperatures, feature_beta=config.feature_beta,
         preprocessing=spec.to_dict(),
         training_config=dict(config.to_dict(), **(extra_config or {})),
+        precision=config.precision,
         name="multidistill_student",
     )
     student.build_for_inputs()

@@ -24,6 +24,7 @@ def _numbers(summary: dict) -> list[float]:
     out = [v for per_threads in summary["figures"].values() for v in per_threads.values()]
     out += [v for per_threads in summary["raw"].values() for v in per_threads.values()]
     out += [v for student in summary["compressed"].values() for v in student.values()]
+    out += [v for per_threads in summary["speedups"].values() for v in per_threads.values()]
     return out + list(summary["memory"].values())
 
 
@@ -50,7 +51,13 @@ def test_quick_benchmark_measures_and_writes_every_figure(bench, tmp_path):
         assert f"| {quantity} | {unit} |" in text
     for size in summary["compressed"]:
         assert f"| {size} |" in text
+    assert set(summary["speedups"]) == {label for label, _, _ in bench.SPEEDUPS}
+    for label, _, _ in bench.SPEEDUPS:  # Precision and XLA against the alternatives.
+        assert math.isfinite(_table_value(text, label)), label
+    assert summary["precision"] in ("float32", "mixed_bfloat16")
+    assert f"({summary['precision']} here" in text
     for heading in ("## Figures by thread count", "## Raw throughputs", "## Machine",
+                    "## Precision and XLA",
                     "Bytes on disk per 100,000 steps", "scaling 2/1", "Total wall time"):
         assert heading in text
 

@@ -75,6 +75,22 @@ def test_resume_with_game_weights(tmp_path, datasets_dir, spec):
     d.close()
 
 
+def test_a_run_resumes_in_the_other_precision(tmp_path, datasets_dir, spec):
+    d = _distiller(tmp_path / "run", datasets_dir, spec,
+                   _config(num_grad_steps=10, precision="mixed_bfloat16"))
+    assert d.student.trunk[2].compute_dtype == "bfloat16"
+    d.train(progress=False)
+    d.close()
+    d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=12))
+    assert d.grad_step == 10 and d.student.trunk[2].compute_dtype == "float32"
+    d.train(progress=False)
+    assert d.grad_step == 12
+    d.close()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["precision"] == "float32"
+    assert "precision" not in saved["identity"]["config"]
+
+
 def test_run_dir_of_another_run_is_refused(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=1))
     d.close()
@@ -105,4 +121,6 @@ def test_config_validation():
         _config(temperatures=(0.01, -1.0))
     with pytest.raises(ValueError, match="student_size must be one of"):
         _config(student_size="huge")
+    with pytest.raises(ValueError, match="precision must be one of .* found 'half'"):
+        _config(precision="half")
     assert dataclasses.asdict(_config())["loss"] == "kl"

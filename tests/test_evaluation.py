@@ -86,3 +86,44 @@ def test_env_groups_do_not_change_a_deterministic_evaluation(spec):
     assert len(set(first.returns)) > 1  # The episodes differ from each other.
     for run in runs.values():
         assert run.returns == first.returns and run.lengths == first.lengths
+
+
+def test_predict_fn_pads_narrow_batches_and_leaves_the_model_alone():
+    from multidistill import networks
+
+    model = networks.build_teacher_network(3, conv_filters=(4, 4, 4), fc_units=16)
+    model.jit_compile = False
+    widths = []
+    predict = evaluation.predict_fn(model)
+    x = np.random.default_rng(0).integers(0, 256, (5, 4, 84, 84), dtype=np.uint8)
+    expected = np.asarray(model(x))
+    full = predict(x)
+    narrow = predict(x[:2])
+    np.testing.assert_allclose(full, expected, atol=1e-5)
+    np.testing.assert_allclose(narrow, expected[:2], atol=1e-5)
+    assert narrow.shape == (2, 3)
+    assert model.jit_compile is False  # Its own settings are untouched.
+    # Every call reached the network at the widest batch so far (5).
+    plain = evaluation.predict_fn(model, jit_compile=False)
+    original = model.predict_on_batch
+    model.predict_on_batch = lambda obs: (widths.append(len(obs)), original(obs))[1]
+    plain(x[:3]), plain(x), plain(x[:1])
+    assert widths == [3, 5, 5]
+
+
+
+def test_predict_fn_runs_a_mixed_precision_student_in_float32():
+    from multidistill import networks
+
+    student = networks.MultiTaskStudent(["pong"], [6], conv_filters=(4, 4, 4), fc_units=16,
+                                        head_units=8, precision="mixed_bfloat16")
+    student.build_for_inputs()
+    net = student.policy_network("pong")
+    x = np.random.default_rng(1).integers(0, 256, (4, 4, 84, 84), dtype=np.uint8)
+    f32 = networks.MultiTaskStudent(["pong"], [6], conv_filters=(4, 4, 4), fc_units=16,
+                                    head_units=8)
+    f32.build_for_inputs()
+    f32.set_weights(student.get_weights())
+    got = evaluation.predict_fn(net)(x)
+    np.testing.assert_allclose(got, np.asarray(f32.policy_network("pong")(x)), atol=1e-5)
+    assert student.trunk[2].compute_dtype == "bfloat16"  # The student is unchanged.

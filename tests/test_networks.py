@@ -97,3 +97,38 @@ def test_save_and_load_round_trip(tmp_path):
     x = _batch()
     np.testing.assert_allclose(np.asarray(s(x)["logits"]), np.asarray(loaded(x)["logits"]),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_bfloat16_trunk_with_float32_heads_and_round_trip(tmp_path):
+    import keras
+
+    s = _student(precision="mixed_bfloat16", feature_beta=0.01)
+    assert {layer.compute_dtype for layer in s.trunk} == {"bfloat16"}
+    assert all(layer.compute_dtype == "float32" for layer in s.game_heads + s.game_hidden)
+    x = _batch()
+    out = s(x)
+    assert np.asarray(out["logits"]).dtype == np.float32
+    assert (np.asarray(out["logits"])[[1, 3], 3:] == networks.MASKED_LOGIT).all()
+    # Same weights in float32: the outputs agree to bfloat16's precision.
+    f32 = _student(feature_beta=0.01)
+    f32.set_weights(s.get_weights())
+    np.testing.assert_allclose(np.asarray(out["logits"])[[0, 2]],
+                               np.asarray(f32(x)["logits"])[[0, 2]], atol=0.02)
+    path = tmp_path / "student.keras"
+    s.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert loaded.precision == "mixed_bfloat16"
+    assert loaded.trunk[2].compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(np.asarray(out["logits"]), np.asarray(loaded(x)["logits"]))
+    with pytest.raises(ValueError, match="precision must be one of .* found 'float16'"):
+        networks.MultiTaskStudent(["pong"], [6], precision="float16")
+
+
+def test_default_precision_follows_the_cpu_flags():
+    import keras
+
+    native = "mixed_bfloat16" if keras.backend.backend() == "tensorflow" else "float32"
+    assert networks.default_precision("fpu sse avx2 avx512f avx512_bf16 fma") == native
+    assert networks.default_precision("fpu amx_tile amx_bf16") == native
+    assert networks.default_precision("fpu sse avx2 avx512f fma") == "float32"
+    assert networks.default_precision("") == "float32"
