@@ -374,15 +374,18 @@ def eval_steps_per_s(predict: Callable, spec, sizes: Sizes, threads: int) -> flo
     return scores.agent_steps_per_s
 
 
-def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
-    """Every throughput at one thread count, each measured once per repeat.
+def measure_throughputs(sizes: Sizes, threads: int, work_dir: str,
+                        alternatives: bool = True) -> dict:
+    """Every throughput at one thread count, each measured once per repeat;
+    with `alternatives`, also the float32 student's training and evaluation
+    without XLA (`SPEEDUPS`).
 
     Runs in a fresh process (`in_fresh_process`). Returns {"repeats": {name:
     [one value per repeat]}, "params": {student size: parameter count}}.
     """
     import numpy as np
 
-    from multidistill import distiller, evaluation, games, networks
+    from multidistill import distiller, environments, evaluation, games, networks
 
     work = Path(work_dir) / f"threads{threads}"
     spec = benchmark_spec(sizes)
@@ -391,8 +394,9 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
     students = {size: distiller.build_student(distill_config(size), [num_actions],
                                               [teacher.feature_dim], spec)[0]
                 for size in networks.STUDENT_SIZES}
-    dqn_float32 = distiller.build_student(distill_config("dqn", precision="float32"),
-                                          [num_actions], [teacher.feature_dim], spec)[0]
+    dqn_float32 = distiller.build_student(
+        distill_config("dqn", precision="float32"), [num_actions], [teacher.feature_dim],
+        spec)[0] if alternatives else None
     predicts = {size: evaluation.predict_fn(s.policy_network(GAME))
                 for size, s in students.items()}
     # The product's evaluation path without XLA, for the gain XLA brings.
@@ -418,6 +422,9 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
         raw["bytes_per_100k_steps"].append(disk)
         for name, groups, overlap in (("build_lockstep1", 1, False),
                                       ("build_overlap2", 2, True)):
+            if (groups, overlap) == environments.env_groups():
+                raw[name].append(build)  # The default is this way: measured above.
+                continue
             raw[name].append(build_once(teacher, dataset, spec, sizes, threads, seed=r,
                                         groups=groups, overlap=overlap)[0])
         raw["naive"].append(naive_steps_per_s(teacher, spec, sizes.naive_steps, seed=r))
@@ -425,10 +432,12 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str) -> dict:
         for size, predict in predicts.items():
             raw[f"infer/{size}"].append(
                 inference_samples_per_s(predict, eval_observations, sizes.probe_steps))
-        raw["infer_plain/dqn"].append(
-            inference_samples_per_s(predict_plain, eval_observations, sizes.probe_steps))
-        # Alternate which evaluation runs first.
-        for name in ("eval", "eval_plain")[::1 if r % 2 == 0 else -1]:
+        if alternatives:
+            raw["infer_plain/dqn"].append(
+                inference_samples_per_s(predict_plain, eval_observations, sizes.probe_steps))
+        # With the alternative, alternate which evaluation runs first.
+        evals = ("eval", "eval_plain") if alternatives else ("eval",)
+        for name in evals[::1 if r % 2 == 0 else -1]:
             raw[name].append(eval_steps_per_s(
                 predicts["dqn"] if name == "eval" else predict_plain, spec, sizes, threads))
         print(f"  {threads} thread(s): repeat {r + 1}/{sizes.repeats} took "
@@ -640,8 +649,9 @@ def summarize(results: dict) -> dict:
             figures[fig.name] = {results["memory"]["threads"]: median_of(mem, fig.of_repeat)}
         else:
             figures[fig.name] = {t: median_of(repeats[t], fig.of_repeat) for t in threads}
-    raw = {name: {t: median_of(repeats[t], lambda r, n=name: r[n]) for t in threads}
-           for name in results["throughputs"][threads[0]]["repeats"]}
+    raw = {name: {t: median_of(repeats[t], lambda r, n=name: r[n]) for t in threads
+                  if name in results["throughputs"][t]["repeats"]}
+           for name in results["throughputs"][threads[-1]]["repeats"]}
     head = threads[-1]
     sizes = list(results["throughputs"][head]["params"])
     compressed = {size: {
@@ -653,8 +663,8 @@ def summarize(results: dict) -> dict:
         "infer_ratio": median_of(repeats[head],
                                  lambda r, s=size: r[f"infer/{s}"] / r["infer/dqn"]),
     } for size in sizes}
-    speedups = {label: {t: median_of(repeats[t], lambda r, a=a, b=b: r[a] / r[b])
-                        for t in threads} for label, a, b in SPEEDUPS}
+    speedups = {label: median_of(repeats[head], lambda r, a=a, b=b: r[a] / r[b])
+                for label, a, b in SPEEDUPS}
     memory = {k: median_of(mem, lambda r, k=k: r[k]["peak"]) for k in ("big", "small")}
     memory["before"] = median_of(mem, lambda r: r["small"]["before"])
     return {"figures": figures, "raw": raw, "compressed": compressed, "memory": memory,
@@ -701,6 +711,11 @@ def fmt(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
 
 
+def _ratio(values: dict, a, b) -> float | None:
+    """values[a] / values[b], None where one is missing."""
+    return values[a] / values[b] if a in values and b in values else None
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(r) + " |" for r in rows]
@@ -745,15 +760,14 @@ def render_markdown(results: dict, summary: dict, command: str) -> str:
     raw = summary["raw"]
     lines += table(["quantity", "unit"] + [f"{t} thread(s)" for t in threads]
                    + ([scale] if scale else []),
-                   [[text, unit] + [fmt(raw[key][t]) for t in threads]
-                    + ([fmt(raw[key][threads[-1]] / raw[key][threads[0]])] if scale else [])
+                   [[text, unit] + [fmt(raw[key].get(t)) for t in threads]
+                    + ([fmt(_ratio(raw[key], threads[-1], threads[0]))] if scale else [])
                     for key, text, unit in RAW_QUANTITIES])
-    lines += ["", "## Precision and XLA", "",
+    lines += ["", f"## Precision and XLA ({head} thread(s))", "",
               "The product's choices against the alternatives, medians of per-repeat "
-              "ratios.", ""]
-    lines += table(["comparison"] + [f"{t} thread(s)" for t in threads],
-                   [[label] + [fmt(summary["speedups"][label][t]) for t in threads]
-                    for label, _, _ in SPEEDUPS])
+              "ratios (measured at the last thread count only).", ""]
+    lines += table(["comparison", "ratio"],
+                   [[label, fmt(summary["speedups"][label])] for label, _, _ in SPEEDUPS])
     lines += ["", f"## Students ({head} thread(s))", "",
               "Training fed from batches in memory; inference at batch "
               f"{sizes['eval_num_envs']} (what evaluation calls); ratios are medians of per-repeat "
@@ -796,7 +810,7 @@ def run_benchmark(sizes: Sizes, threads: list[int], output: Path, command: str) 
         for t in threads:
             print(f"throughputs with {t} thread(s)...", flush=True)
             results["throughputs"][t] = in_fresh_process(t, measure_throughputs, sizes, t,
-                                                         work_dir)
+                                                         work_dir, t == threads[-1])
         results["memory"] = measure_memory(sizes, threads[-1], work_dir)
     results["wall_s"] = time.perf_counter() - t0
     results["load_end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -250,7 +250,7 @@ def _float32_runner(model):
     (weights shared). A model with mixed-precision layers (a student
     trained in mixed bfloat16) gets a float32 copy holding its current
     weights: on CPU, XLA runs bfloat16 convolutions slower than float32
-    (at batch 8, 2,244-2,567 vs 2,302-3,632 samples/s), and the weights are
+    (at batch 8, 1,844-2,567 vs 2,302-3,632 samples/s), and the weights are
     float32 anyway.
     """
     import keras
