@@ -49,7 +49,7 @@ build_datasets.define_flags()  # games, teachers_dir, datasets_dir, num_agent_st
 flags.adopt_module_key_flags(build_datasets)
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_enum("preset", "default", list(PRESETS),
-                  "default: the full run (about 20 minutes on 2 CPU cores); smoke: every "
+                  "default: the full run (about 18 minutes on 2 CPU cores); smoke: every "
                   "stage on tiny sizes, a few minutes.")
 flags.DEFINE_string("run_dir", None,
                     "Run directory (default "

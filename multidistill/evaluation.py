@@ -201,9 +201,9 @@ def predict_fn(model, jit_compile: bool = True) -> Callable[[np.ndarray], np.nda
     compiles) in float32, in a functional model of its own
     (`_float32_runner`), so that `model` itself (e.g. a network still
     training) keeps its settings. At evaluation's batch of 8 on 2 cores XLA
-    made a forward pass about 1.25x faster and an evaluation about 1.09x
-    (benchmarks/README.md); it gained nothing at the builder's batch of 32,
-    which keeps the plain path.
+    made a forward pass 1.25-1.28x faster and an evaluation 1.01-1.09x
+    (benchmarks/README.md; with one thread it was slower); it gained nothing
+    at the builder's batch of 32, which keeps the plain path.
 
     XLA compiles once per input shape: a batch narrower than the widest one
     so far is padded to it (repeating its last row) and the padding is
