@@ -399,9 +399,11 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str,
         spec)[0] if alternatives else None
     predicts = {size: evaluation.predict_fn(s.policy_network(GAME))
                 for size, s in students.items()}
-    # The product's evaluation path without XLA, for the gain XLA brings.
-    predict_plain = evaluation.predict_fn(students["dqn"].policy_network(GAME),
-                                          jit_compile=False)
+    # The evaluations to time: the product's, and its path without XLA.
+    evals = {"eval": predicts["dqn"]}
+    if alternatives:
+        evals["eval_plain"] = evaluation.predict_fn(students["dqn"].policy_network(GAME),
+                                                    jit_compile=False)
     observations, eval_observations = (np.random.default_rng(0).integers(
         0, 256, (n,) + spec.observation_shape, dtype=np.uint8)
         for n in (sizes.num_envs, sizes.eval_num_envs))
@@ -433,13 +435,11 @@ def measure_throughputs(sizes: Sizes, threads: int, work_dir: str,
             raw[f"infer/{size}"].append(
                 inference_samples_per_s(predict, eval_observations, sizes.probe_steps))
         if alternatives:
-            raw["infer_plain/dqn"].append(
-                inference_samples_per_s(predict_plain, eval_observations, sizes.probe_steps))
-        # With the alternative, alternate which evaluation runs first.
-        evals = ("eval", "eval_plain") if alternatives else ("eval",)
-        for name in evals[::1 if r % 2 == 0 else -1]:
-            raw[name].append(eval_steps_per_s(
-                predicts["dqn"] if name == "eval" else predict_plain, spec, sizes, threads))
+            raw["infer_plain/dqn"].append(inference_samples_per_s(
+                evals["eval_plain"], eval_observations, sizes.probe_steps))
+        # The order of the evaluations alternates between repeats.
+        for name in list(evals)[::1 if r % 2 == 0 else -1]:
+            raw[name].append(eval_steps_per_s(evals[name], spec, sizes, threads))
         print(f"  {threads} thread(s): repeat {r + 1}/{sizes.repeats} took "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     return {"repeats": dict(raw),
@@ -669,7 +669,7 @@ def summarize(results: dict) -> dict:
     memory["before"] = median_of(mem, lambda r: r["small"]["before"])
     return {"figures": figures, "raw": raw, "compressed": compressed, "memory": memory,
             "head": head, "speedups": speedups,
-            "precision": results["throughputs"][head].get("precision", "float32")}
+            "precision": results["throughputs"][head]["precision"]}
 
 
 # -- report ------------------------------------------------------------------------

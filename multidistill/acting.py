@@ -182,6 +182,15 @@ def _act(policy: Policy, observations: np.ndarray, mask: np.ndarray
     return actions, full
 
 
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """`a` with its last row repeated up to `rows` rows: a batch padded to the
+    width a compiled network was traced for (the caller drops the extra
+    outputs)."""
+    if len(a) == rows:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
+
+
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 

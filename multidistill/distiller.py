@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from multidistill import (
+    acting,
     checkpoints,
     environments,
     interrupts,
@@ -159,12 +160,6 @@ def _dataset_identity(ds) -> dict:
             "build_seeds": ds.build_seeds}
 
 
-def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-    if len(a) == rows:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
-
-
 def _atomic_save_keras(model, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)
@@ -244,7 +239,7 @@ class Distiller:
             n = len(x["game_id"])
             for k in range(0, n, 256):
                 # Fixed-size chunks (the last one padded): one compiled shape.
-                xs = {name: _pad_rows(v[k:k + 256], 256) for name, v in x.items()}
+                xs = {name: acting.pad_rows(v[k:k + 256], 256) for name, v in x.items()}
                 preds.append(np.asarray(self.student.predict_on_batch(xs)["logits"]))
             logits = np.concatenate(preds)[:n]
             a = self.student.num_actions[g]

@@ -228,10 +228,8 @@ def predict_fn(model, jit_compile: bool = True) -> Callable[[np.ndarray], np.nda
         nonlocal widest
         n = len(observations)
         widest = max(widest, n)
-        if n < widest:
-            pad = np.repeat(observations[-1:], widest - n, axis=0)
-            return np.asarray(runner.predict_on_batch(np.concatenate([observations, pad])))[:n]
-        return np.asarray(runner.predict_on_batch(observations))
+        padded = acting.pad_rows(observations, widest)
+        return np.asarray(runner.predict_on_batch(padded))[:n]
 
     return predict
 
