@@ -36,6 +36,8 @@ class StepBatch:
       truncated: (N,) bool, the episode was cut (frame cap).
       valid: (N,) bool, False where the step only reset the environment.
       episode_offsets: (N,) int, agent steps since the episode's start.
+      lives: (N,) int, lives left after the step (0 where a group is parked).
+      life_lost: (N,) bool, the step cost a life (only where `valid`).
     """
 
     observations: np.ndarray
@@ -46,6 +48,33 @@ class StepBatch:
     truncated: np.ndarray
     valid: np.ndarray
     episode_offsets: np.ndarray
+    lives: np.ndarray
+    life_lost: np.ndarray
+
+
+class EpisodeTracker:
+    """The return and length of the episode under way in each environment.
+
+    The one piece of episode bookkeeping of the project: the dataset
+    builder, the evaluator and the teacher trainers feed it every
+    `StepBatch` and get back the episodes that ended.
+    """
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs, np.float64)
+        self.lengths = np.zeros(num_envs, np.int64)
+
+    def update(self, step: StepBatch) -> list[tuple[int, float, int]]:
+        """Counts one step; returns (environment, raw return, length in agent
+        steps) of each episode that ended on it."""
+        v = step.valid
+        self.returns[v] += step.rewards[v]
+        self.lengths[v] += 1
+        ended = np.flatnonzero(v & (step.terminated | step.truncated))
+        out = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in ended]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        return out
 
 
 def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
@@ -117,7 +146,9 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
                 stepping[k] = False  # Parked: nothing more happens there.
         return out
 
-    observations = [g.reset(seed=int(seed) + int(f))[0] for g, f in zip(groups, first)]
+    resets = [g.reset(seed=int(seed) + int(f)) for g, f in zip(groups, first)]
+    observations = [obs for obs, _ in resets]
+    lives = np.concatenate([_lives(info, size) for (_, info), size in zip(resets, sizes)])
     order = [[k] for k in range(len(groups))] if overlap else [list(range(len(groups)))]
     acted = [None] * len(groups)
     for ks in order:
@@ -131,11 +162,13 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
         for ks in order:
             for k in ks:
                 if stepping[k]:
-                    next_obs, rewards, terminated, truncated, _ = groups[k].recv()
-                    outcomes[k] = (next_obs, rewards, terminated, truncated)
+                    next_obs, rewards, terminated, truncated, info = groups[k].recv()
+                    outcomes[k] = (next_obs, rewards, terminated, truncated,
+                                   _lives(info, sizes[k]))
                 else:
                     none = np.zeros(sizes[k], bool)
-                    outcomes[k] = (observations[k], np.zeros(sizes[k], np.float32), none, none)
+                    outcomes[k] = (observations[k], np.zeros(sizes[k], np.float32), none, none,
+                                   np.zeros(sizes[k], np.int64))
             # A parked group's entries are all inactive already (it parked
             # because they were, and entries are only ever cleared).
             next_obs = {k: outcomes[k][0] for k in ks}
@@ -143,6 +176,7 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
                 next_acted[k] = a
         terminated = np.concatenate([np.asarray(o[2], bool) for o in outcomes])
         truncated = np.concatenate([np.asarray(o[3], bool) for o in outcomes])
+        next_lives = np.concatenate([o[4] for o in outcomes])
         yield StepBatch(
             observations=_concat(observations),
             actions=_concat([a for a, _ in acted]),
@@ -152,6 +186,8 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
             truncated=truncated,
             valid=valid & active,
             episode_offsets=offsets.copy(),
+            lives=next_lives,
+            life_lost=(next_lives < lives) & valid & active,
         )
         ended = (terminated | truncated) & valid
         # Where an episode ended, the next step is a reset, not a transition.
@@ -160,6 +196,14 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
         valid = ~ended
         observations = [o[0] for o in outcomes]
         acted = next_acted
+        lives = next_lives
+
+
+def _lives(info: dict, size: int) -> np.ndarray:
+    """Lives left per environment from a vector env's info (zeros if absent)."""
+    if isinstance(info, dict) and "lives" in info:
+        return np.asarray(info["lives"], np.int64)
+    return np.zeros(size, np.int64)
 
 
 def _act(policy: Policy, observations: np.ndarray, mask: np.ndarray

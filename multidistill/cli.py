@@ -85,3 +85,9 @@ def run(main: Callable[[list[str]], None]) -> None:
             sys.exit(2)
 
     app.run(wrapped)
+
+
+# -- teacher training (multidistill.train_teacher) ---------------------------
+# Flag definitions and the flags-to-config mappings of the teacher trainers.
+
+# -- end of teacher training ---------------------------------------------------

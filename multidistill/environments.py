@@ -241,30 +241,31 @@ def close_all(envs) -> None:
         env.close()
 
 
-def stack_frames(
-    frames: np.ndarray, episode_offsets: np.ndarray, frame_stack: int
-) -> np.ndarray:
+def stack_frames(frames: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+                 frame_stack: int, stride: int = 1) -> np.ndarray:
     """Rebuilds observations from single frames, never across an episode start.
 
+    The one frame-stack rebuild of the project: datasets, the minibatch
+    window and the replay memory all store one frame per agent step and
+    call this.
+
     Args:
-      frames: (T, H, W) uint8, consecutive agent steps.
-      episode_offsets: (T,) int, steps since the start of each frame's episode
+      frames: (M, H, W) uint8 single frames.
+      rows: (B,) int, index in `frames` of each observation's newest frame.
+      offsets: (B,) int, agent steps since the start of that frame's episode
         (0 at an episode's first step).
       frame_stack: frames per observation.
+      stride: distance in `frames` between consecutive agent steps (a
+        replay memory that interleaves S streams passes S). Indices wrap
+        modulo M, so a circular memory passes its frames as they lie.
 
     Returns:
-      (T, frame_stack, H, W) uint8 where observation t holds frames
-      t-frame_stack+1 .. t, with zeros for frames before its episode's start.
-      Frames before index 0 that would belong to the same episode are not
-      available and are zero as well: callers pass a prefix of frame_stack-1
-      extra steps when they need exact stacks.
+      (B, frame_stack, H, W) uint8: observation b holds the frames of agent
+      steps rows[b]-frame_stack+1 .. rows[b], oldest first, with zeros for
+      steps before its episode's start (what the environment showed).
     """
-    t_len = frames.shape[0]
-    out = np.zeros((t_len, frame_stack) + frames.shape[1:], dtype=frames.dtype)
-    idx = np.arange(t_len)
-    for k in range(frame_stack):
-        lag = frame_stack - 1 - k
-        src = idx - lag
-        valid = (src >= 0) & (episode_offsets >= lag)
-        out[valid, k] = frames[src[valid]]
+    rows = np.asarray(rows, np.int64)
+    lags = np.arange(frame_stack - 1, -1, -1)
+    out = frames[(rows[:, None] - lags * stride) % len(frames)]
+    out[np.asarray(offsets)[:, None] < lags] = 0
     return out

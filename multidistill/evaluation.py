@@ -295,7 +295,7 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
         if evaluate_teachers:
             teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing,
                                                 allow_unsafe=allow_unsafe_teacher)
-            s = evaluate(game, predict_fn(teacher.model), teacher.kind, preprocessing,
+            s = evaluate(game, predict_fn(teacher.policy_model), teacher.kind, preprocessing,
                          protocol, progress, label=f"{game} teacher")
             teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
         else:

@@ -9,10 +9,17 @@ The card says what the network is and how far to trust it:
       "num_actions": 6,
       "preprocessing": {...},          # environments.Preprocessing fields
       "feature_layer": "features",     # last hidden layer, for feature regression
+      "value": "output" | "max_q" | "none",   # where the teacher's state value comes from
       "evaluation": {"mean": .., "std": .., "episodes": .., "protocol": {..}},
       "training": {"algorithm": .., "num_env_frames": .., "wall_clock_s": ..,
                    "hardware": .., "command": ..}
     }
+
+A teacher network has one output, the Q-values or logits of every action,
+or two: those and its state value V(s), shape (B, 1) (an actor-critic
+teacher exported with its critic, so that training can resume from it and
+distillation rules that need a value get one). A Q-value teacher's value is
+max_a Q(s, a).
 
 How a teacher acts (the same rule in dataset building and evaluation): a
 `q_values` teacher takes argmax_a q(a); a `logits` teacher samples from
@@ -34,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from multidistill import environments
+from multidistill import environments, files
 from multidistill import games as games_lib
 
 CARD_FORMAT = "multidistill-teacher/1"
@@ -126,12 +133,28 @@ class Teacher:
         return int(self.labeller.outputs[1].shape[-1])
 
     @property
+    def value_source(self) -> str:
+        """Where `label` takes the state value from: "output" (the network's
+        value head), "max_q" (a Q-value teacher) or "none" (NaN)."""
+        return value_source(self.model, self.kind)
+
+    @property
+    def policy_model(self):
+        """frames -> outputs (Q-values or logits) only, sharing weights."""
+        if len(self.model.outputs) == 1:
+            return self.model
+        import keras
+
+        return keras.Model(self.model.inputs, self.model.outputs[0],
+                           name=f"{self.model.name}_policy")
+
+    @property
     def preprocessing(self) -> environments.Preprocessing:
         return environments.Preprocessing.from_dict(self.card["preprocessing"])
 
     @property
     def labeller(self):
-        """A model frames -> [outputs, last hidden layer], sharing weights."""
+        """A model frames -> [outputs, last hidden layer(, value)], sharing weights."""
         if self._labeller is None:
             import keras
 
@@ -140,24 +163,44 @@ class Teacher:
                 feats = self.model.get_layer(name).output
             except ValueError:
                 feats = self.model.layers[-1].input
-            self._labeller = keras.Model(self.model.inputs, [self.model.outputs[0], feats])
+            self._labeller = keras.Model(self.model.inputs,
+                                         [self.model.outputs[0], feats]
+                                         + list(self.model.outputs[1:2]))
         return self._labeller
 
-    def label(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher outputs (B, A) and features (B, F), float32, for a batch."""
-        outputs, features = self.labeller.predict_on_batch(observations)
-        return np.asarray(outputs, np.float32), np.asarray(features, np.float32)
+    def label(self, observations: np.ndarray) -> dict[str, np.ndarray]:
+        """The teacher's labels of a batch of observations.
+
+        Returns:
+          {"outputs": (B, A), "features": (B, F), "values": (B,)}, float32;
+          values are NaN for a logits teacher without a value output.
+        """
+        out = self.labeller.predict_on_batch(observations)
+        outputs = np.asarray(out[0], np.float32)
+        source = self.value_source
+        if source == "output":
+            values = np.asarray(out[2], np.float32).reshape(-1)
+        elif source == "max_q":
+            values = outputs.max(axis=1)
+        else:
+            values = np.full(len(outputs), np.nan, np.float32)
+        return {"outputs": outputs, "features": np.asarray(out[1], np.float32),
+                "values": values}
 
     def act(self, outputs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
         return act(outputs, self.kind, epsilon, rng)
 
 
+def value_source(model, kind: str) -> str:
+    """Where a teacher network's state value comes from (see `Teacher.value_source`)."""
+    if len(model.outputs) == 2:
+        return "output"
+    return "max_q" if kind == "q_values" else "none"
+
+
 def write_card(path: str | os.PathLike, card: dict) -> None:
-    """Writes a card atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Writes a card atomically (see `files.atomic_write`)."""
+    files.atomic_write_text(path, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 def save_teacher(
@@ -171,16 +214,18 @@ def save_teacher(
 ) -> tuple[Path, Path]:
     """Saves `model` as `<dir>/<game>.keras` with its card, atomically.
 
+    `model` maps frames to the outputs of every action, or to those and a
+    state value (B, 1) (an actor-critic teacher with its critic); the card
+    records which (`value`).
+
     Returns:
       The paths of the Keras file and of the card.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, found {kind!r}")
     model_path, card_path = teacher_paths(game, teachers_dir)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = model_path.with_name(model_path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, model_path)
+    _check_outputs(model, model_path)
+    files.atomic_write(model_path, model.save)
     card = {
         "format": CARD_FORMAT,
         "game": game,
@@ -188,12 +233,24 @@ def save_teacher(
         "num_actions": int(model.outputs[0].shape[-1]),
         "preprocessing": preprocessing.to_dict(),
         "feature_layer": "features",
+        "value": value_source(model, kind),
         "keras_sha256": sha256_of(model_path),
         "evaluation": evaluation or {},
         "training": training or {},
     }
     write_card(card_path, card)
     return model_path, card_path
+
+
+def _check_outputs(model, model_path) -> None:
+    outputs = model.outputs
+    if len(outputs) == 2 and tuple(outputs[1].shape[1:]) == (1,):
+        return
+    if len(outputs) != 1:
+        raise TeacherError(
+            f"teacher {model_path} has {len(outputs)} outputs of shapes "
+            f"{[tuple(o.shape[1:]) for o in outputs]}, expected one (the Q-values or "
+            "logits of every action) or two (those and a state value of shape (1,))")
 
 
 def read_card(card_path: Path, game: str, teachers_dir: Path) -> dict:
@@ -275,10 +332,7 @@ def load_teacher(
             f"teacher {model_path} is not a loadable Keras model: {type(e).__name__}: "
             f"{text.splitlines()[0] if text else ''}"
         ) from None
-    if len(model.outputs) != 1:
-        raise TeacherError(
-            f"teacher {model_path} has {len(model.outputs)} outputs, expected one: "
-            "the Q-values or logits of every action (save a model without extra heads)")
+    _check_outputs(model, model_path)
     expected_obs = spec.observation_shape
     found_obs = tuple(model.inputs[0].shape[1:])
     if len(model.inputs) != 1 or found_obs != expected_obs:
