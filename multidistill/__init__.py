@@ -1,18 +1,28 @@
-"""multidistill: offline multi-task policy distillation for Atari.
+"""multidistill: multi-task policy distillation for Atari.
 
-The pipeline, one flat module per role:
+The pipeline, one flat module per role, in the order data flows:
 
     games          which games exist, their action sets and reference scores
-    environments   the one preprocessing spec and the vectorised Atari envs
-    networks       teacher and student Keras networks
-    teachers       loading and saving teachers (`.keras` + JSON card)
-    acting         the vectorised play loop shared by building and evaluation
+    environments   the one preprocessing spec, the vectorised Atari envs,
+                   the frame-stack rebuild
+    teachers       loading and saving teachers (`.keras` + JSON card), their
+                   acting rule
+    acting         the vectorised play loop and episode bookkeeping
+    collect        a behaviour policy acts, the teacher labels -> datasets
     datasets       the HDF5 schema: the only module that reads or writes it
-    build_datasets teacher plays -> one HDF5 file per game
-    pipeline       minibatches drawn across games from the HDF5 files
-    losses         distillation losses (KL, NLL, MSE, feature regression)
+    pipeline       batch sources: minibatches drawn across games
+    objectives     what the student minimises and the batch fields it needs
+    losses         the loss terms (KL, NLL, MSE, feature regression)
+    networks       teacher and student Keras networks (forward pass only)
     distiller      training the multi-task student (checkpoints, resume)
+    students       loading, saving, trunk transfer, exporting a head
     evaluation     student and teachers under one protocol, reports
+    agents/        teacher training (DQN, PPO)
+
+`import multidistill` and the modules that need no network
+(`datasets`, `games`, `environments`, `collect`'s callers' data side) load
+no deep-learning framework; `multidistill.networks` (imported by
+`multidistill.students`) registers the student class with Keras.
 """
 
 import os
@@ -51,11 +61,11 @@ def _import_tensorflow_quietly():
             os.close(saved)
 
 
-try:
-    _import_tensorflow_quietly()
-except ImportError:
-    pass  # Keras reports a missing backend itself, with its own message.
+def import_keras_quietly():
+    """Imports TensorFlow (when it is the backend) without its start-up noise.
 
-# Registers the student class with Keras, so that after `import multidistill`
-# a saved student loads with plain `keras.saving.load_model`.
-from multidistill import networks as _networks  # noqa: E402, F401
+    Modules that use Keras call this before `import keras`."""
+    try:
+        _import_tensorflow_quietly()
+    except ImportError:
+        pass  # Keras reports a missing backend itself, with its own message.

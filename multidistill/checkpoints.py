@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from multidistill import files
 
 
 class CheckpointError(ValueError):
@@ -34,16 +35,6 @@ def _variables(model, optimizer) -> dict[str, Any]:
     return out
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(path: str | os.PathLike, model, optimizer, state: dict) -> None:
     """Writes model weights, optimizer variables and `state` to `path`."""
     arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)
@@ -51,7 +42,7 @@ def save(path: str | os.PathLike, model, optimizer, state: dict) -> None:
     arrays["__state__"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    files.atomic_write_bytes(path, buf.getvalue())
 
 
 def read_state(path: str | os.PathLike) -> dict:

@@ -1,15 +1,19 @@
 """Command-line glue shared by the entry points (train.py, build_datasets,
-evaluate, train_teacher): flag definitions and the error wrapper.
+evaluate, train_teacher): every flag definition, the one mapping from flags
+to each config, and the error wrapper.
 
-Library modules never read flags; each entry point maps flags to plain
-arguments or frozen configs in one place.
+Library modules never read flags. Each flag is defined once, here, with its
+default taken from the config class it maps to, and each config has one
+function that builds it from the flags (`collect_config_from_flags`,
+`distill_config_from_flags`, `eval_protocol_from_flags`, ...), turning a
+config's complaint into a message that names the flag.
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
@@ -87,7 +91,304 @@ def run(main: Callable[[list[str]], None]) -> None:
     app.run(wrapped)
 
 
+def _config_from_flags(build: Callable[[], object], flag_names: Sequence[str] | dict):
+    """build(), its ValueError turned into a UsageError naming the flag.
+
+    `flag_names`: the config fields whose flag has the same name, or a dict
+    field -> flag name."""
+    names = flag_names if isinstance(flag_names, dict) else {n: n for n in flag_names}
+    try:
+        return build()
+    except ValueError as e:
+        field, _, rest = str(e).partition(" ")
+        if field in names:
+            raise UsageError(f"--{names[field]} {rest}") from None
+        raise UsageError(f"flags: {e}") from None
+
+
+def parse_per_game(text: str, games: Sequence[str], flag: str) -> dict[str, float]:
+    """`pong:0.01,qbert:1` -> {"pong": 0.01, "qbert": 1.0}, games checked."""
+    from multidistill import games as games_lib
+
+    out = {}
+    for item in [t for t in text.split(",") if t.strip()]:
+        name, sep, value = item.partition(":")
+        require(bool(sep), f"{flag}: expected game:value pairs, e.g. pong:0.01, found {item!r}")
+        try:
+            game = games_lib.get_game(name).name
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from None
+        require(game in games, f"{flag}: {game!r} is not in --games ({','.join(games)})")
+        try:
+            out[game] = float(value)
+        except ValueError:
+            raise UsageError(f"{flag}: {value!r} for {game} is not a number") from None
+    return out
+
+
+# -- collection (build_datasets, train.py) ------------------------------------
+
+
+def define_collect_flags():
+    """Games, teachers and datasets, and how each dataset is recorded."""
+    from multidistill import collect, teachers
+
+    d = collect.CollectConfig()
+    flags.DEFINE_string("games", "pong,qbert,freeway",
+                        "Comma-separated games (ALE ROM ids, e.g. pong,qbert,freeway).")
+    flags.DEFINE_string("teachers_dir", str(teachers.DEFAULT_TEACHERS_DIR),
+                        "Folder holding <game>.keras teachers and their <game>.json cards.")
+    flags.DEFINE_string("datasets_dir", "datasets", "Folder for the <game>.h5 dataset files.")
+    flags.DEFINE_integer("num_agent_steps", d.num_agent_steps,
+                         "Agent steps (1 step = 4 emulator frames) each dataset holds when "
+                         "done; a larger number tops up an existing file (a new session).")
+    flags.DEFINE_enum("behaviour", d.behaviour, list(collect.BEHAVIOURS),
+                      "Who acts while recording (the teacher always labels): teacher, "
+                      "student (--student's head), mixture (the teacher acts with "
+                      "probability --beta at each step, else the student), random.")
+    flags.DEFINE_float("beta", d.beta,
+                       "With --behaviour=mixture: probability in [0, 1] that the teacher acts "
+                       "at a step.")
+    flags.DEFINE_string("student", None,
+                        "With --behaviour=student or mixture: the student file that acts "
+                        "(RUN/student.keras).")
+    flags.DEFINE_float("epsilon", d.epsilon,
+                       "Probability in [0, 1] of a uniformly random action while recording.")
+    flags.DEFINE_integer("num_envs", d.num_envs,
+                         "Environments stepped together while recording (one batched "
+                         "teacher call per step).")
+    flags.DEFINE_integer("num_threads", d.num_threads, "Emulator threads (0: one per CPU core).")
+    flags.DEFINE_integer("seed", d.seed,
+                         "Base seed (environments, exploration, sampling, initial weights).")
+    flags.DEFINE_bool("rebuild_datasets", False,
+                      "Delete existing dataset files and build them anew.")
+    define_allow_unsafe_teacher_flag()
+    define_preprocessing_flags()
+    define_verbose_flag()
+
+
+def collect_config_from_flags():
+    from multidistill import collect
+
+    return _config_from_flags(lambda: collect.CollectConfig(
+        num_agent_steps=FLAGS.num_agent_steps, behaviour=FLAGS.behaviour, beta=FLAGS.beta,
+        epsilon=FLAGS.epsilon, num_envs=FLAGS.num_envs, num_threads=FLAGS.num_threads,
+        seed=FLAGS.seed), ("num_agent_steps", "behaviour", "beta", "epsilon", "num_envs"))
+
+
+# -- distillation (train.py) ----------------------------------------------------
+
+
+def define_distill_flags():
+    """The student, its objective and its training."""
+    from multidistill import distiller, losses, networks, objectives, pipeline
+
+    d, o, p = distiller.DistillConfig(games=()), objectives.Distillation(), \
+        pipeline.PipelineConfig()
+    flags.DEFINE_string("run_dir", None,
+                        "Run directory (default runs/<games>_<loss>_<student_size>_<preset>"
+                        "_seed<seed>); an existing one is resumed.")
+    flags.DEFINE_enum("loss", o.policy_loss, sorted(losses.POLICY_LOSSES),
+                      "Policy loss: kl (temperature-sharpened KL, Rusu et al.), nll (teacher's "
+                      "argmax action) or mse (regress teacher outputs).")
+    flags.DEFINE_string("temperatures", "",
+                        "Per-game KL temperature tau (dividing the teacher only), e.g. "
+                        "pong:0.01,qbert:1; unlisted games get 0.01 for Q-value teachers and "
+                        "1 for logit teachers.")
+    flags.DEFINE_float("feature_beta", o.feature_beta,
+                       "Weight of Actor-Mimic feature regression (0.01 in the paper; 0 = off).")
+    flags.DEFINE_enum("student_size", d.student_size, list(networks.STUDENT_SIZES),
+                      "Student trunk: dqn (32/64/64 conv, 512 hidden) or Rusu's compressed "
+                      "net1/net2/net3.")
+    flags.DEFINE_enum("precision", "auto", ["auto", *networks.PRECISIONS],
+                      "Student arithmetic: float32, or mixed_bfloat16 (trunk computed in "
+                      "bfloat16 on float32 weights; about 1.4x faster training on CPUs with "
+                      "AVX512-BF16 or AMX); auto picks mixed_bfloat16 on such CPUs with "
+                      "TensorFlow, float32 elsewhere.")
+    flags.DEFINE_integer("num_grad_steps", d.num_grad_steps, "Gradient steps of the whole run.")
+    flags.DEFINE_integer("batch_size_per_game", p.batch_size_per_game,
+                         "Samples per game in each minibatch (batch = this x number of games).")
+    flags.DEFINE_string("game_weights", "",
+                        "Share of each game in a batch, e.g. pong:1,qbert:2 (default: equal).")
+    flags.DEFINE_float("learning_rate", d.learning_rate, "Adam step size.")
+    flags.DEFINE_integer("checkpoint_every_steps", d.checkpoint_every_steps,
+                         "Gradient steps between checkpoints.")
+    flags.DEFINE_integer("eval_every_steps", d.eval_every_steps,
+                         "Gradient steps between held-out metrics (TensorBoard).")
+
+
+def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]):
+    """The DistillConfig of the flags; temperatures default by teacher kind."""
+    from multidistill import distiller, networks, objectives, pipeline
+
+    temps = parse_per_game(FLAGS.temperatures, games, "--temperatures")
+    for g, t in temps.items():
+        require(t > 0, f"--temperatures: tau must be > 0, found {t} for {g}")
+    weights = parse_per_game(FLAGS.game_weights, games, "--game_weights")
+    precision = networks.default_precision() if FLAGS.precision == "auto" else FLAGS.precision
+    return _config_from_flags(lambda: distiller.DistillConfig(
+        games=tuple(games),
+        objective=objectives.Distillation(
+            policy_loss=FLAGS.loss, feature_beta=FLAGS.feature_beta,
+            temperatures=tuple(temps.get(g, objectives.default_temperature(k))
+                               for g, k in zip(games, teacher_kinds))),
+        student_size=FLAGS.student_size, learning_rate=FLAGS.learning_rate,
+        num_grad_steps=FLAGS.num_grad_steps,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        eval_every_steps=FLAGS.eval_every_steps, precision=precision,
+        pipeline=pipeline.PipelineConfig(
+            batch_size_per_game=FLAGS.batch_size_per_game, seed=FLAGS.seed,
+            game_weights=(tuple(weights.get(g, 1.0) for g in games) if weights else None))),
+        ("batch_size_per_game", "num_grad_steps", "learning_rate", "feature_beta",
+         "checkpoint_every_steps", "eval_every_steps", "game_weights"))
+
+
+# -- evaluation (train.py, evaluate) ---------------------------------------------
+
+
+def define_eval_flags():
+    """The evaluation protocol."""
+    from multidistill import evaluation
+
+    d = evaluation.EvalProtocol()
+    flags.DEFINE_integer("eval_episodes", d.num_episodes,
+                         "Evaluation episodes per game and policy.")
+    flags.DEFINE_float("eval_epsilon", d.epsilon,
+                       "Probability in [0, 1] of a random action during evaluation.")
+    flags.DEFINE_integer("eval_num_envs", d.num_envs,
+                         "Environments stepped together in evaluation.")
+    flags.DEFINE_integer("eval_seed", d.seed,
+                         "Evaluation environment i is seeded with eval_seed + i.")
+    flags.DEFINE_bool("evaluate_teachers", True,
+                      "Play the teachers under the student's protocol (else use their cards' "
+                      "scores).")
+
+
+def eval_protocol_from_flags():
+    from multidistill import evaluation
+
+    return _config_from_flags(lambda: evaluation.EvalProtocol(
+        num_episodes=FLAGS.eval_episodes, epsilon=FLAGS.eval_epsilon,
+        num_envs=FLAGS.eval_num_envs, seed=FLAGS.eval_seed,
+        num_threads=getattr(FLAGS, "num_threads", 0)),
+        {"num_episodes": "eval_episodes", "epsilon": "eval_epsilon",
+         "num_envs": "eval_num_envs"})
+
+
 # -- teacher training (multidistill.train_teacher) ---------------------------
 # Flag definitions and the flags-to-config mappings of the teacher trainers.
+# Defaults come from the configs (agents.runner.RunConfig, agents.dqn.DQNConfig,
+# agents.ppo.PPOConfig); multidistill.agents is imported here only when these
+# functions run, so the other entry points do not load it.
+
+_RUN_FLAGS = ("num_env_frames", "eval_every_frames", "eval_episodes", "final_eval_episodes",
+              "checkpoint_every_s", "seed")
+_DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end")
+_PPO_FLAGS = ("num_envs", "behaviour_epsilon")
+
+
+def define_teacher_training_flags():
+    """The flags of `python -m multidistill.train_teacher` (the shipped
+    teachers' cards record such commands: keep every flag working)."""
+    from multidistill import teachers
+    from multidistill.agents import dqn, ppo, runner
+
+    run = runner.RunConfig
+    flags.DEFINE_string("game", None, "Game to train on (ALE ROM id, e.g. pong).")
+    flags.DEFINE_enum("algo", "ppo", list(runner.ALGORITHMS),
+                      "ppo: policy-gradient, gives a `logits` teacher with its critic "
+                      "(cheaper on CPU); dqn: Double DQN, gives a `q_values` teacher.")
+    flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                      "train, or evaluate the teacher in --teachers_dir and update its card.")
+    flags.DEFINE_integer("num_env_frames", run.num_env_frames,
+                         "Training length, emulator frames (1 agent step = 4 frames); the "
+                         "run stops at the first iteration past it.")
+    flags.DEFINE_string("teachers_dir", str(teachers.DEFAULT_TEACHERS_DIR),
+                        "Folder the teacher (<game>.keras + <game>.json card) is written to.")
+    flags.DEFINE_string("checkpoint_dir", None,
+                        "Training state folder (default: "
+                        "~/.cache/multidistill/teacher_runs/<game>_<algo>).")
+    flags.DEFINE_integer("eval_every_frames", run.eval_every_frames,
+                         "Emulator frames between evaluations (each exports the teacher if "
+                         "it beats the best so far).")
+    flags.DEFINE_integer("eval_episodes", run.eval_episodes,
+                         "Episodes per periodic evaluation.")
+    flags.DEFINE_integer("final_eval_episodes", run.final_eval_episodes,
+                         "Episodes of the final evaluation written into the card (0: none).")
+    flags.DEFINE_integer("checkpoint_every_s", run.checkpoint_every_s,
+                         "Wall-clock seconds between checkpoints.")
+    flags.DEFINE_integer("num_envs", ppo.PPOConfig.num_envs,
+                         "Environments stepped together (a count; the same default for "
+                         "both algorithms).")
+    flags.DEFINE_integer("seed", run.seed,
+                         "Random seed (an integer) of the agent and of the environments' "
+                         "episode starts; evaluations use 1,000,000 + seed.")
+    flags.DEFINE_float("behaviour_epsilon", ppo.PPOConfig.behaviour_epsilon,
+                       "PPO only: probability of a uniformly random action mixed into the "
+                       "policy that acts and is optimised (a probability in [0, 1); default "
+                       "the evaluation protocol's epsilon, so the policy trained is the one "
+                       "scored).")
+    flags.DEFINE_float("ez_mu", dqn.DQNConfig.ez_mu,
+                       "DQN only: epsilon-z-greedy exploration (Dabney et al. 2021): an "
+                       "exploratory action is held for n ~ zeta(ez_mu) agent steps (at most "
+                       f"{dqn.DQNConfig.ez_max_repeat}); 2 is the paper's value, 0 gives "
+                       "plain epsilon-greedy (1 agent step). Use it where a reward needs one "
+                       "action held for long (Freeway).")
+    flags.DEFINE_float("epsilon_end", dqn.DQNConfig.epsilon_end,
+                       "DQN only: final exploration rate, the probability of a random action "
+                       "once the decay is over (in [0, 1]; default the evaluation protocol's "
+                       "epsilon, so the uncorrected n-step returns value the policy that is "
+                       "scored; Dopamine uses 0.01, Nature DQN 0.1).")
+    flags.DEFINE_bool("init_from_teacher", False,
+                      "Without a checkpoint, start from the teacher in --teachers_dir: its "
+                      "weights (critic included) and the counters its card recorded (so "
+                      "DQN's epsilon and PPO's learning rate go on where it was exported).")
+    define_preprocessing_flags()
+    define_verbose_flag()
+
+
+def _teacher_config_from_flags(config_class, names):
+    """config_class(**{name: FLAGS.name}); its ValueError as a UsageError naming flags."""
+    try:
+        return config_class(**{name: getattr(FLAGS, name) for name in names})
+    except ValueError as e:
+        message = str(e)
+        for name in names:
+            message = message.replace(f"{config_class.__name__}.{name} ", f"--{name} ")
+        raise UsageError(f"flags: {message}") from None
+
+
+def teacher_run_config_from_flags():
+    """The `agents.runner.RunConfig` of the flags.
+
+    Raises:
+      UsageError: a value out of range, e.g. "--num_env_frames must be >= 1, found 0".
+    """
+    from multidistill.agents import runner
+
+    return _teacher_config_from_flags(runner.RunConfig, _RUN_FLAGS)
+
+
+def dqn_config_from_flags():
+    """The `agents.dqn.DQNConfig` of the flags (the others at their defaults).
+
+    Raises:
+      UsageError: a value out of range, e.g. "--epsilon_end must be in [0, 1], found 1.5".
+    """
+    from multidistill.agents import dqn
+
+    return _teacher_config_from_flags(dqn.DQNConfig, _DQN_FLAGS)
+
+
+def ppo_config_from_flags():
+    """The `agents.ppo.PPOConfig` of the flags (the others at their defaults).
+
+    Raises:
+      UsageError: a value out of range, e.g. "--behaviour_epsilon must be in [0, 1),
+        found 1.5".
+    """
+    from multidistill.agents import ppo
+
+    return _teacher_config_from_flags(ppo.PPOConfig, _PPO_FLAGS)
 
 # -- end of teacher training ---------------------------------------------------

@@ -1,59 +1,88 @@
 """The distillation dataset format: one HDF5 file per game.
 
-This module is the only one that reads or writes these files. Schema
-(version 1); N agent steps, E episodes, A actions, F teacher features:
+This module is the only one that reads or writes these files (and owns
+their names, `dataset_path`, and the writers' lock, `file_lock`). Schema
+(version 2); N agent steps, E episodes, S recording sessions, A actions, F
+teacher features:
 
-    /frames            (N, H, W)  uint8    newest preprocessed frame of each step
-    /teacher_outputs   (N, A)     float32  teacher Q-values or logits, all actions
-    /teacher_features  (N, F)     float16  teacher's last hidden layer
-    /actions           (N,)       uint8    action taken (teacher, epsilon-greedy)
-    /rewards           (N,)       float32  raw reward that followed the action
-    /terminated        (N,)       bool     the episode ended after this step
-    /truncated         (N,)       bool     the episode was cut after this step
-    /episodes/start    (E,)       int64    index of each episode's first step
-    /episodes/length   (E,)       int64    agent steps in each episode
-    /episodes/return   (E,)       float64  undiscounted return of each episode
-/committed         (2,)       int64    [E, N]: the episodes and steps that are data
-/build_seeds       (S,)       int64    environment seed of each build session
+    /frames              (N, H, W)  uint8    newest preprocessed frame of each step
+    /teacher_outputs     (N, A)     float32  labeller's Q-values or logits, all actions
+    /teacher_features    (N, F)     float16  labeller's last hidden layer
+    /teacher_values      (N,)       float32  labeller's state value (NaN: it has none)
+    /actions             (N,)       uint8    action taken by the behaviour policy
+    /behaviour_log_probs (N,)       float32  log-probability of that action under the
+                                             behaviour policy, exploration included
+    /rewards             (N,)       float32  raw reward that followed the action
+    /terminated          (N,)       bool     the episode ended after this step
+    /truncated           (N,)       bool     the episode was cut after this step
+    /episodes/start      (E,)       int64    index of each episode's first step
+    /episodes/length     (E,)       int64    agent steps in each episode
+    /episodes/return     (E,)       float64  undiscounted return of each episode
+    /sessions            (S,)       compound one row per recording session: seed,
+                                             behaviour, beta, epsilon,
+                                             behaviour_sha256, labeller_sha256,
+                                             step_start, step_stop
+    /committed           (2,)       int64    [E, N]: the episodes and steps that are data
+
+Who acts and who labels are separate: the *labeller* (the teacher) labels
+every step of the file (its checksum is the file attribute
+`teacher_sha256`); the *behaviour policy* that chose the actions can differ
+from one session to the next (`SESSION_BEHAVIOURS`: the teacher, a student,
+a mixture in which the teacher acts with probability beta, or uniform
+random; each epsilon-greedy), and each session's row records it.
 
 Observations are rebuilt on read: the observation at step i stacks frames
 i-S+1 .. i of the same episode (S = frame_stack), with zeros for frames
 before the episode's first step, exactly as the environment showed them.
 
 File attributes: schema_version, game, rom_md5, num_actions, feature_dim,
-preprocessing (JSON), teacher_sha256, teacher_kind, teacher_path, epsilon,
-seed, num_episodes,
-num_agent_steps, mean_teacher_episode_return, versions (JSON: ale-py,
-gymnasium, h5py, multidistill), created_utc.
+preprocessing (JSON), teacher_sha256, teacher_kind, teacher_path,
+teacher_value_source, seed, num_episodes, num_agent_steps,
+mean_episode_return, versions (JSON: ale-py, gymnasium, h5py, keras,
+multidistill), created_utc.
+
+Version 1 files (before sessions: one file-level `epsilon`, `build_seeds`,
+no `teacher_values` or `behaviour_log_probs`) are read as they are, with
+the missing columns derived from what they hold: every v1 step was acted by
+the teacher's own rule, epsilon-greedy, so the behaviour log-probability
+follows from the teacher outputs and epsilon, and a Q-value teacher's value
+is max_a Q. Appending needs version 2: `python -m multidistill.datasets
+upgrade FILE` rewrites a v1 file as v2 (or rebuild it).
 
 Only whole episodes are stored. The writer appends an episode's rows first,
-then its line of the episode table, then `committed` (the commit point), so
-`committed` always describes whole episodes; rows past it (an append cut
-short) are not data: readers ignore them and the next writer overwrites
-them. The attributes num_episodes, num_agent_steps and
-mean_teacher_episode_return mirror `committed` (after a crash they may lag
-it by one episode until the next writer opens the file). Appends run in
-HDF5's SWMR mode (files use the HDF5 1.10+ format, libver="latest"), which
-keeps the file readable if the writer is killed at any moment; open such a
-file with `h5py.File(path, "r", swmr=True)`. Every array is stored
-with gzip (lossless) and fletcher32 checksums, so a flipped byte fails the
-read that touches it instead of returning wrong data. Frames are chunked
-by `FRAME_CHUNK_ROWS` consecutive steps: readers read contiguous blocks.
+then its line of the episode table and its session's step range, then
+`committed` (the commit point), so `committed` always describes whole
+episodes; rows past it (an append cut short) are not data: readers ignore
+them and the next writer overwrites them. The attributes num_episodes,
+num_agent_steps and mean_episode_return mirror `committed` (after a crash
+they may lag it by one episode until the next writer opens the file).
+Appends run in HDF5's SWMR mode (files use the HDF5 1.10+ format,
+libver="latest"), which keeps the file readable if the writer is killed at
+any moment; open such a file with `h5py.File(path, "r", swmr=True)`. Every
+array is stored with gzip (lossless) and fletcher32 checksums, so a flipped
+byte fails the read that touches it instead of returning wrong data. Frames
+are chunked by `FRAME_CHUNK_ROWS` consecutive steps: readers read
+contiguous blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
+import fcntl
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from multidistill import environments
+from multidistill import environments, files
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FRAME_CHUNK_ROWS = 64
 _SMALL_CHUNK_ROWS = 4096
 _COMPRESSION = dict(compression="gzip", compression_opts=1, shuffle=False, fletcher32=True)
@@ -61,16 +90,109 @@ _COMPRESSION = dict(compression="gzip", compression_opts=1, shuffle=False, fletc
 # smaller teacher features (mostly ReLU zeros) at no read cost.
 _FLOAT_COMPRESSION = dict(_COMPRESSION, shuffle=True)
 
-_STEP_ARRAYS = (
+# Per-step arrays of the schema, in file order.
+STEP_ARRAYS = (
     "frames",
     "teacher_outputs",
     "teacher_features",
+    "teacher_values",
     "actions",
+    "behaviour_log_probs",
     "rewards",
     "terminated",
     "truncated",
 )
+# The fields a reader returns beside the frames (`Dataset.read_rows`).
+STEP_FIELDS = STEP_ARRAYS[1:]
+_V1_STEP_ARRAYS = ("frames", "teacher_outputs", "teacher_features", "actions", "rewards",
+                   "terminated", "truncated")
+_DERIVED_IN_V1 = ("teacher_values", "behaviour_log_probs")
 _EPISODE_ARRAYS = ("start", "length", "return")
+
+# Who acted in a session (see the module docstring).
+SESSION_BEHAVIOURS = ("teacher", "student", "mixture", "random")
+_SESSION_DTYPE = np.dtype([
+    ("seed", np.int64), ("behaviour", "S16"), ("beta", np.float64), ("epsilon", np.float64),
+    ("behaviour_sha256", "S64"), ("labeller_sha256", "S64"),
+    ("step_start", np.int64), ("step_stop", np.int64)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One recording session: who acted, with which settings, over which steps.
+
+    Attributes:
+      seed: environment seed of the session (environment i: seed + i).
+      behaviour: who acted, one of `SESSION_BEHAVIOURS`.
+      beta: probability that the teacher acted at a step (1 for "teacher",
+        0 for "student" and "random", the mixing weight for "mixture").
+      epsilon: probability of a uniformly random action on top.
+      behaviour_sha256: checksum of the acting network(s) ("" for random).
+      labeller_sha256: checksum of the teacher that labelled the steps.
+      step_start: first step of the session in the file.
+      step_stop: one past its last committed step (-1, -1: unknown, in
+        version 1 files of several sessions).
+    """
+
+    seed: int
+    behaviour: str
+    beta: float
+    epsilon: float
+    behaviour_sha256: str
+    labeller_sha256: str
+    step_start: int = -1
+    step_stop: int = -1
+
+    def __post_init__(self):
+        if self.behaviour not in SESSION_BEHAVIOURS:
+            raise ValueError(f"session behaviour must be one of {SESSION_BEHAVIOURS}, "
+                             f"found {self.behaviour!r}")
+        if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"session beta and epsilon must be in [0, 1], found "
+                             f"{self.beta} and {self.epsilon}")
+
+    def to_row(self) -> np.ndarray:
+        row = np.zeros((), _SESSION_DTYPE)
+        for name in _SESSION_DTYPE.names:
+            value = getattr(self, name)
+            row[name] = value.encode() if isinstance(value, str) else value
+        return row
+
+    @classmethod
+    def from_row(cls, row) -> Session:
+        kw = {}
+        for name in _SESSION_DTYPE.names:
+            value = row[name]
+            kw[name] = value.decode() if isinstance(value, bytes) else value.item()
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def dataset_path(datasets_dir: str | os.PathLike, game: str) -> Path:
+    """Where a game's dataset lives: `<datasets_dir>/<game>.h5`."""
+    return Path(datasets_dir) / f"{game}.h5"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """Holds an exclusive lock on `path`.lock for a writer, or refuses at once."""
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(
+                f"dataset {path} is being written by another process (lock {lock_path} "
+                "is held): wait for it to finish, or stop it first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 class DatasetError(ValueError):
@@ -236,9 +358,10 @@ class DatasetWriter(_H5File):
     """Appends whole episodes to one game's dataset file.
 
     Opening an existing file continues it; its game, preprocessing and
-    teacher must be those given here (else `DatasetError`, unless the caller
-    deletes the file and rebuilds). Only one writer may hold a file: callers
-    serialise writers with a lock (see `build_datasets.file_lock`).
+    labelling teacher must be those given here (else `DatasetError`, unless
+    the caller deletes the file and rebuilds). Only one writer may hold a
+    file: callers serialise writers with `file_lock`. Each recording session
+    starts with `start_session`, which records who acts.
 
     Crash safety: a new file is created under a temporary name and renamed
     into place; appends run in HDF5's single-writer/multiple-reader (SWMR)
@@ -259,8 +382,8 @@ class DatasetWriter(_H5File):
         teacher_sha256: str,
         teacher_kind: str,
         teacher_path: str,
-        epsilon: float,
         seed: int,
+        teacher_value_source: str = "none",
     ):
         self.path = Path(path)
         self.frame_shape = (preprocessing.frame_height, preprocessing.frame_width)
@@ -272,20 +395,29 @@ class DatasetWriter(_H5File):
             teacher_sha256=teacher_sha256,
             num_actions=self.num_actions,
             feature_dim=self.feature_dim,
-            epsilon=float(epsilon),
         )
         self._f = None
         if self.path.exists():
             clear_status_flags(self.path)
         else:
-            self._create(expected, rom_md5, teacher_kind, teacher_path, epsilon, seed)
+            files.atomic_write(self.path, lambda tmp: self._create(
+                tmp, expected, rom_md5, teacher_kind, teacher_path, teacher_value_source,
+                seed))
         with Dataset(self.path) as ds:  # Full validation before writing.
+            if ds.schema_version != SCHEMA_VERSION:
+                raise DatasetError(
+                    f"dataset {self.path} has schema version {ds.schema_version}: it can be "
+                    f"read, but appending needs version {SCHEMA_VERSION}. Upgrade it with "
+                    f"`python -m multidistill.datasets upgrade {self.path}`, or rebuild it "
+                    "(--rebuild_datasets)")
             self._return_sum = float(np.sum(ds.episode_returns, dtype=np.float64))
         self._f = _open_h5(self.path, "a")
         try:
             self._f.swmr_mode = True
             self._check_matches(expected)
             self._e, self._n = (int(x) for x in self._f["committed"][:])
+            self._session = None
+            self._clamp_sessions()
             self._sync_attrs()
             self._f.flush()
         except Exception:
@@ -293,56 +425,52 @@ class DatasetWriter(_H5File):
             self._f = None
             raise
 
-    def _create(self, expected, rom_md5, teacher_kind, teacher_path, epsilon, seed):
+    def _create(self, tmp, expected, rom_md5, teacher_kind, teacher_path, value_source,
+                seed):
         import h5py
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
         with h5py.File(tmp, "w", libver="latest") as f:
-            self._create_layout(f, expected, rom_md5, teacher_kind, teacher_path,
-                                epsilon, seed)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-
-    def _create_layout(self, f, expected, rom_md5, teacher_kind, teacher_path, epsilon, seed):
-        h, w = self.frame_shape
-        f.create_dataset(
-            "frames", (0, h, w), maxshape=(None, h, w), dtype=np.uint8,
-            chunks=(FRAME_CHUNK_ROWS, h, w), **_COMPRESSION,
-        )
-        for name, width, dtype in (
-            ("teacher_outputs", self.num_actions, np.float32),
-            ("teacher_features", max(self.feature_dim, 1), np.float16),
-        ):
+            h, w = self.frame_shape
             f.create_dataset(
-                name, (0, width), maxshape=(None, width), dtype=dtype,
-                chunks=(max(1, min(_SMALL_CHUNK_ROWS, (1 << 18) // (width * 4))), width),
-                **_FLOAT_COMPRESSION,
+                "frames", (0, h, w), maxshape=(None, h, w), dtype=np.uint8,
+                chunks=(FRAME_CHUNK_ROWS, h, w), **_COMPRESSION,
             )
-        for name, dtype in (("actions", np.uint8), ("rewards", np.float32),
-                            ("terminated", bool), ("truncated", bool)):
-            f.create_dataset(name, (0,), maxshape=(None,), dtype=dtype,
-                             chunks=(_SMALL_CHUNK_ROWS,), **_COMPRESSION)
-        ep = f.create_group("episodes")
-        for name, dtype in (("start", np.int64), ("length", np.int64), ("return", np.float64)):
-            ep.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,),
-                              **_COMPRESSION)
-        f.create_dataset("committed", data=np.zeros(2, np.int64))
-        f.create_dataset("build_seeds", (0,), maxshape=(None,), dtype=np.int64, chunks=(64,))
-        a = f.attrs
-        a["schema_version"] = SCHEMA_VERSION
-        for k, v in expected.items():
-            a[k] = v
-        a["rom_md5"] = rom_md5
-        a["teacher_kind"] = teacher_kind
-        a["teacher_path"] = str(teacher_path)
-        a["seed"] = int(seed)
-        a["versions"] = json.dumps(_versions(), sort_keys=True)
-        a["created_utc"] = _now()
-        a["num_agent_steps"] = 0
-        a["num_episodes"] = 0
-        a["mean_teacher_episode_return"] = float("nan")
+            for name, width, dtype in (
+                ("teacher_outputs", self.num_actions, np.float32),
+                ("teacher_features", max(self.feature_dim, 1), np.float16),
+            ):
+                f.create_dataset(
+                    name, (0, width), maxshape=(None, width), dtype=dtype,
+                    chunks=(max(1, min(_SMALL_CHUNK_ROWS, (1 << 18) // (width * 4))), width),
+                    **_FLOAT_COMPRESSION,
+                )
+            for name, dtype in (("teacher_values", np.float32), ("actions", np.uint8),
+                                ("behaviour_log_probs", np.float32), ("rewards", np.float32),
+                                ("terminated", bool), ("truncated", bool)):
+                f.create_dataset(name, (0,), maxshape=(None,), dtype=dtype,
+                                 chunks=(_SMALL_CHUNK_ROWS,), **_COMPRESSION)
+            ep = f.create_group("episodes")
+            for name, dtype in (("start", np.int64), ("length", np.int64),
+                                ("return", np.float64)):
+                ep.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,),
+                                  **_COMPRESSION)
+            f.create_dataset("sessions", (0,), maxshape=(None,), dtype=_SESSION_DTYPE,
+                             chunks=(64,))
+            f.create_dataset("committed", data=np.zeros(2, np.int64))
+            a = f.attrs
+            a["schema_version"] = SCHEMA_VERSION
+            for k, v in expected.items():
+                a[k] = v
+            a["rom_md5"] = rom_md5
+            a["teacher_kind"] = teacher_kind
+            a["teacher_path"] = str(teacher_path)
+            a["teacher_value_source"] = value_source
+            a["seed"] = int(seed)
+            a["versions"] = json.dumps(_versions(), sort_keys=True)
+            a["created_utc"] = _now()
+            a["num_agent_steps"] = 0
+            a["num_episodes"] = 0
+            a["mean_episode_return"] = float("nan")
 
     def _check_matches(self, expected):
         a = self._f.attrs
@@ -368,6 +496,18 @@ class DatasetWriter(_H5File):
                 + ". Refusing to mix them: delete the file or pass --rebuild_datasets"
             )
 
+    def _clamp_sessions(self):
+        """Cuts session step ranges back to the committed steps (a killed
+        writer may have extended one before committing its episode)."""
+        table = self._f["sessions"]
+        if len(table):
+            rows = table[:]
+            over = rows["step_stop"] > self._n
+            if over.any():
+                rows["step_stop"] = np.minimum(rows["step_stop"], self._n)
+                rows["step_start"] = np.minimum(rows["step_start"], self._n)
+                table[:] = rows
+
     def _sync_attrs(self):
         """Mirrors `committed` into the summary attributes.
 
@@ -378,8 +518,7 @@ class DatasetWriter(_H5File):
         a = self._f.attrs
         a["num_agent_steps"] = self._n
         a["num_episodes"] = self._e
-        a["mean_teacher_episode_return"] = (
-            self._return_sum / self._e if self._e else float("nan"))
+        a["mean_episode_return"] = self.mean_episode_return
 
     @property
     def num_agent_steps(self) -> int:
@@ -394,29 +533,38 @@ class DatasetWriter(_H5File):
         return self._return_sum / self._e if self._e else float("nan")
 
     @property
-    def build_seeds(self) -> list[int]:
-        return [int(x) for x in self._f["build_seeds"][:]]
+    def sessions(self) -> list[Session]:
+        return [Session.from_row(r) for r in self._f["sessions"][:]]
 
-    def start_session(self, seed: int) -> None:
-        """Records the environment seed of one build session."""
-        _write_rows(self._f["build_seeds"], len(self.build_seeds), np.asarray([int(seed)]))
+    def start_session(self, session: Session) -> int:
+        """Records a new recording session; the episodes appended from now on
+        belong to it. Its step range is set here. Returns its index."""
+        index = len(self._f["sessions"])
+        row = dataclasses.replace(session, step_start=self._n, step_stop=self._n).to_row()
+        _write_rows(self._f["sessions"], index, row[None])
         self._f.flush()
+        self._session = index
+        return index
 
     def append_episode(self, episode: dict[str, np.ndarray]) -> None:
-        """Appends one whole episode.
+        """Appends one whole episode to the current session.
 
         Args:
           episode: arrays keyed like the step arrays of the schema, all of the
             same length T (>= 1); `frames` (T, H, W) uint8.
 
         Raises:
-          DatasetError: shapes do not match the file, or teacher outputs hold
-            NaN or infinite values.
+          DatasetError: no session was started, shapes do not match the
+            file, or teacher outputs hold NaN or infinite values.
         """
+        if self._session is None:
+            raise DatasetError(f"{self.path}: start_session before appending episodes")
         t = int(episode["frames"].shape[0])
         if t < 1:
             raise DatasetError(f"{self.path}: refusing to append an empty episode")
-        for name in _STEP_ARRAYS:
+        for name in STEP_ARRAYS:
+            if name not in episode:
+                raise DatasetError(f"{self.path}: the episode lacks the array {name}")
             if episode[name].shape[0] != t:
                 raise DatasetError(
                     f"{self.path}: episode array {name} has {episode[name].shape[0]} rows, "
@@ -443,11 +591,15 @@ class DatasetWriter(_H5File):
         f = self._f
         try:
             # Rows first (over whatever an interrupted append left past the
-            # committed counts), then the episode table, then the commit.
-            for name in _STEP_ARRAYS:
+            # committed counts), then the episode table and the session's
+            # range, then the commit.
+            for name in STEP_ARRAYS:
                 _write_rows(f[name], n0, values[name])
             for name, value in (("start", n0), ("length", t), ("return", ep_return)):
                 _write_rows(f["episodes"][name], e0, np.asarray([value]))
+            row = f["sessions"][self._session]
+            row["step_stop"] = n0 + t
+            f["sessions"][self._session] = row
             f.flush()
             f["committed"][:] = [e0 + 1, n0 + t]
             f.flush()
@@ -461,7 +613,6 @@ class DatasetWriter(_H5File):
         f.flush()
 
 
-
 def _write_rows(ds, start: int, values: np.ndarray) -> None:
     stop = start + len(values)
     if ds.shape[0] < stop:
@@ -469,24 +620,56 @@ def _write_rows(ds, start: int, values: np.ndarray) -> None:
     ds[start:stop] = values
 
 
-class Dataset(_H5File):
-    """Read access to one game's dataset file, validated on open."""
+def _attr(attrs, name, default=None):
+    value = attrs.get(name, default)
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value.item() if isinstance(value, np.generic) else value
 
-    def __init__(self, path: str | os.PathLike):
+
+class Dataset(_H5File):
+    """Read access to one game's dataset file, validated on open.
+
+    Args:
+      path: the file.
+      max_episodes: show only the first `max_episodes` committed episodes
+        (a prefix of the file, e.g. the data a training run started from,
+        while the file has grown since); None shows all. A file holding
+        fewer episodes is refused.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_episodes: int | None = None):
         self.path = Path(path)
         self._f = _open_h5(self.path, "r")
         try:
             self._validate()
+            self._load(max_episodes)
         except Exception:
             self._f.close()
             raise
+
+    def _load(self, max_episodes):
         a = self._f.attrs
-        self.game = str(a["game"])
-        self.num_episodes, self.num_agent_steps = (int(x) for x in self._f["committed"][:])
+        self._is_prefix = max_episodes is not None
+        self.schema_version = int(a["schema_version"])
+        self.game = str(_attr(a, "game"))
+        e, n = (int(x) for x in self._f["committed"][:])
+        if max_episodes is not None:
+            if max_episodes > e:
+                raise DatasetError(
+                    f"dataset {self.path} holds {e} episodes, fewer than the {max_episodes} "
+                    "asked for (was it rebuilt or replaced since?)")
+            e = int(max_episodes)
+            n = int(self._f["episodes/start"][e - 1] + self._f["episodes/length"][e - 1]) \
+                if e else 0
+        self.num_episodes, self.num_agent_steps = e, n
         self.num_actions = int(a["num_actions"])
         self.feature_dim = int(a["feature_dim"])
-        self.teacher_sha256 = str(a["teacher_sha256"])
-        self.teacher_kind = str(a["teacher_kind"])
+        self.stored_feature_dim = int(self._f["teacher_features"].shape[1])
+        self.teacher_sha256 = str(_attr(a, "teacher_sha256"))
+        self.teacher_kind = str(_attr(a, "teacher_kind"))
+        self.teacher_value_source = str(_attr(
+            a, "teacher_value_source", "max_q" if self.teacher_kind == "q_values" else "none"))
         self.preprocessing = environments.Preprocessing.from_json(
             a["preprocessing"], str(self.path))
         self.episode_starts = self._f["episodes/start"][: self.num_episodes]
@@ -501,13 +684,15 @@ class Dataset(_H5File):
                 "(no schema_version attribute)"
             )
         version = int(a["schema_version"])
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise DatasetError(
                 f"dataset {self.path} has schema version {version}, this multidistill "
-                f"reads version {SCHEMA_VERSION}: rebuild it (--rebuild_datasets)"
+                f"reads versions {list(READABLE_VERSIONS)}: rebuild it (--rebuild_datasets)"
             )
-        missing = [n for n in _STEP_ARRAYS + ("committed", "build_seeds") if n not in f] + [
-            "episodes/" + n for n in _EPISODE_ARRAYS if "episodes/" + n not in f
+        arrays = STEP_ARRAYS + ("committed", "sessions") if version == 2 else \
+            _V1_STEP_ARRAYS + ("committed", "build_seeds")
+        missing = [x for x in arrays if x not in f] + [
+            "episodes/" + x for x in _EPISODE_ARRAYS if "episodes/" + x not in f
         ]
         if missing:
             raise DatasetError(f"dataset {self.path} lacks the arrays {missing}")
@@ -515,7 +700,8 @@ class Dataset(_H5File):
             e, n = (int(x) for x in f["committed"][:])
         except OSError as err:
             raise DatasetError(f"dataset {self.path}: its counts are unreadable: {err}") from None
-        short = [x for x in _STEP_ARRAYS if f[x].shape[0] < n]
+        steps = STEP_ARRAYS if version == 2 else _V1_STEP_ARRAYS
+        short = [x for x in steps if f[x].shape[0] < n]
         short += ["episodes/" + x for x in _EPISODE_ARRAYS if f["episodes/" + x].shape[0] < e]
         if short:
             raise DatasetError(
@@ -539,29 +725,47 @@ class Dataset(_H5File):
 
     @property
     def attrs(self) -> dict[str, Any]:
-        out = {}
-        for k, v in self._f.attrs.items():
-            out[k] = v.item() if isinstance(v, np.generic) else v
+        out = {k: _attr(self._f.attrs, k) for k in self._f.attrs}
         # The committed counts are the truth (the attributes can lag them by
         # one episode after a crash, until the next writer opens the file).
         out["num_agent_steps"], out["num_episodes"] = self.num_agent_steps, self.num_episodes
-        out["mean_teacher_episode_return"] = (
-            float(np.mean(self.episode_returns)) if self.num_episodes else float("nan"))
+        key = "mean_episode_return" if self.schema_version >= 2 else \
+            "mean_teacher_episode_return"
+        out[key] = (float(np.mean(self.episode_returns)) if self.num_episodes
+                    else float("nan"))
         return out
 
     @property
-    def build_seeds(self) -> list[int]:
-        return [int(x) for x in self._f["build_seeds"][:]]
+    def sessions(self) -> list[Session]:
+        """Who acted when: one `Session` per recording session, step ranges
+        cut to the steps this reader shows."""
+        if self.schema_version == 1:
+            return self._v1_sessions()
+        out = []
+        for row in self._f["sessions"][:]:
+            s = Session.from_row(row)
+            out.append(dataclasses.replace(
+                s, step_start=min(s.step_start, self.num_agent_steps),
+                step_stop=min(s.step_stop, self.num_agent_steps)))
+        if self._is_prefix:  # Sessions after the prefix are not part of it.
+            out = [s for s in out if s.step_start < self.num_agent_steps]
+        return out
+
+    def _v1_sessions(self) -> list[Session]:
+        a = self._f.attrs
+        seeds = [int(x) for x in self._f["build_seeds"][:]]
+        known = len(seeds) == 1
+        return [Session(seed=seed, behaviour="teacher", beta=1.0,
+                        epsilon=float(a["epsilon"]), behaviour_sha256=self.teacher_sha256,
+                        labeller_sha256=self.teacher_sha256,
+                        step_start=0 if known else -1,
+                        step_stop=self.num_agent_steps if known else -1)
+                for seed in seeds]
 
     def check_compatible(self, game: str, preprocessing: environments.Preprocessing,
-                         teacher_sha256: str | None = None,
-                         epsilon: float | None = None) -> None:
-        """Raises DatasetError unless built for this game, spec, teacher and epsilon."""
+                         teacher_sha256: str | None = None) -> None:
+        """Raises DatasetError unless built for this game, spec and labelling teacher."""
         problems = []
-        file_eps = float(self._f.attrs["epsilon"])
-        if epsilon is not None and file_eps != float(epsilon):
-            problems.append(f"it was recorded with epsilon {file_eps}, the run asks for "
-                            f"{float(epsilon)}")
         if self.game != game:
             problems.append(f"game is {self.game!r}, expected {game!r}")
         if self.preprocessing != preprocessing:
@@ -570,7 +774,7 @@ class Dataset(_H5File):
                     "here vs", "in file vs asked") + ")")
         if teacher_sha256 is not None and self.teacher_sha256 != teacher_sha256:
             problems.append(
-                f"it was recorded from another teacher (sha256 {self.teacher_sha256[:12]}… "
+                f"it was labelled by another teacher (sha256 {self.teacher_sha256[:12]}… "
                 f"in the file, {teacher_sha256[:12]}… now)"
             )
         if problems:
@@ -580,6 +784,8 @@ class Dataset(_H5File):
             )
 
     def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        if self.schema_version == 1 and name in _DERIVED_IN_V1:
+            return self._derive_v1(name, start, stop)
         try:
             return self._f[name][start:stop]
         except OSError as e:
@@ -588,32 +794,80 @@ class Dataset(_H5File):
                 f"is damaged (checksum or decompression error): {e}"
             ) from None
 
+    def _derive_v1(self, name: str, start: int, stop: int) -> np.ndarray:
+        """The columns version 1 lacks, from what it holds (module docstring)."""
+        from multidistill import teachers
+
+        outputs = self._read("teacher_outputs", start, stop)
+        if name == "teacher_values":
+            if self.teacher_kind == "q_values":
+                return outputs.max(axis=1).astype(np.float32)
+            return np.full(stop - start, np.nan, np.float32)
+        return teachers.action_log_probs(outputs, self.teacher_kind,
+                                         float(self._f.attrs["epsilon"]),
+                                         self._read("actions", start, stop))
+
     def episode_offsets(self, start: int, stop: int) -> np.ndarray:
         """Steps since each row's episode start, for rows start..stop-1."""
         rows = np.arange(start, stop)
         ep = np.searchsorted(self.episode_starts, rows, side="right") - 1
         return rows - self.episode_starts[ep]
 
-    def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Reads rows start..stop-1 with their observations rebuilt.
-
-        Returns:
-          A dict with `observations` (n, S, H, W) uint8 and every step array
-          of the schema for those rows (`teacher_features` as float32).
-        """
+    def _check_rows(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.num_agent_steps:
             raise IndexError(
                 f"rows {start}:{stop} outside dataset {self.path} of "
                 f"{self.num_agent_steps} steps"
             )
-        s = self.preprocessing.frame_stack
-        lo = max(0, start - (s - 1))
-        frames = self._read("frames", lo, stop)
-        offsets = self.episode_offsets(lo, stop)
-        obs = environments.stack_frames(frames, offsets, s)[start - lo:]
-        out = {"observations": obs}
-        for name in _STEP_ARRAYS[1:]:
+
+    def read_rows(self, start: int, stop: int, fields: Sequence[str] = STEP_FIELDS,
+                  history: int = 0) -> dict[str, Any]:
+        """Reads rows start..stop-1 as stored, with `history` earlier frames.
+
+        The raw form for readers that rebuild observations themselves (the
+        minibatch window keeps single frames and stacks per sample).
+
+        Args:
+          start, stop: the rows.
+          fields: which of `STEP_FIELDS` to read (stored dtypes;
+            `teacher_features` float16).
+          history: frames before `start` to read too (frame_stack - 1 for
+            exact stacks; fewer where the file starts).
+
+        Returns:
+          {"frames": (prefix + n, H, W) uint8, "prefix": frames before
+          `start` included, "offsets": (n,) steps since each row's episode
+          start, and each field (n, ...)}.
+        """
+        self._check_rows(start, stop)
+        unknown = [x for x in fields if x not in STEP_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown dataset fields {unknown}: expected some of "
+                             f"{list(STEP_FIELDS)}")
+        lo = max(0, start - int(history))
+        out = {"frames": self._read("frames", lo, stop), "prefix": start - lo,
+               "offsets": self.episode_offsets(start, stop)}
+        for name in fields:
             out[name] = self._read(name, start, stop)
+        return out
+
+    def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Reads rows start..stop-1 with their observations rebuilt.
+
+        Returns:
+          A dict with `observations` (n, S, H, W) uint8 and every field of
+          `STEP_FIELDS` for those rows (`teacher_features` as float32).
+        """
+        s = self.preprocessing.frame_stack
+        raw = self.read_rows(start, stop, STEP_FIELDS, history=s - 1)
+        out = {"observations": stack_rows(raw, np.arange(stop - start), s)}
+        out.update({name: raw[name] for name in STEP_FIELDS})
         out["teacher_features"] = out["teacher_features"].astype(np.float32)
         return out
 
+
+def stack_rows(block: dict[str, Any], rows: np.ndarray, frame_stack: int) -> np.ndarray:
+    """Observations of some rows (0-based in the block) of a `read_rows` block."""
+    rows = np.asarray(rows, np.int64)
+    return environments.stack_frames(block["frames"], block["prefix"] + rows,
+                                     block["offsets"][rows], frame_stack)

@@ -1,16 +1,26 @@
-"""Training the multi-task student on the games' datasets.
+"""Training the multi-task student: a batch source feeds it, an objective says
+what it minimises.
+
+The distiller owns the loop and the run directory and nothing else: where
+batches come from is the `pipeline.BatchSource` it is given, what the loss
+is the `objectives` config in `DistillConfig.objective` (attached to the
+student, whose `compute_loss` delegates to it). A new method is a new source
+or objective, not a branch here.
 
 A run lives in one directory:
 
-    config.json      the run's settings (a rerun must ask for the same)
+    config.json      the run's settings and the data it started from (a
+                     rerun must ask for the same; datasets may have grown)
     checkpoint.npz   weights, optimizer state, gradient-step counter (atomic)
-    student.keras    the student as of the last checkpoint (atomic)
+    student.keras    the student as of the last checkpoint, without optimizer
+                     state (atomic; `students.load_student`)
     metrics.jsonl    every scalar logged; tb/ the same for TensorBoard
     curves.png       held-out loss, KL and agreement per game
 
 Rerunning with the same directory resumes from the checkpoint and stops at
-`num_grad_steps`; the sampler is a pure function of the batch index, so the
-resumed run sees the batches the uninterrupted run would have seen. SIGINT
+`num_grad_steps`; the source is a pure function of the batch index and of
+the data prefix recorded in config.json (`data_prefix`), so the resumed run
+sees the batches the uninterrupted run would have seen. SIGINT
 and SIGTERM save a checkpoint before exiting. A NaN or infinite loss stops
 the run and keeps the last good checkpoint.
 """
@@ -31,10 +41,13 @@ from multidistill import (
     acting,
     checkpoints,
     environments,
+    files,
     interrupts,
     losses,
     networks,
+    objectives,
     pipeline,
+    students,
     summaries,
 )
 
@@ -49,10 +62,8 @@ class DistillConfig:
 
     Attributes:
       games: ROM ids, in head order.
-      loss: policy loss, "kl" (Rusu et al.), "nll" or "mse".
-      temperatures: per game tau of the KL teacher softmax (tau divides the
-        teacher's outputs only; 0.01 for Q-value teachers, 1 for logits).
-      feature_beta: weight of Actor-Mimic feature regression (0: off).
+      objective: what the student minimises (`objectives.Distillation`:
+        policy loss, per-game temperatures, feature regression weight).
       student_size: named trunk size, see `networks.STUDENT_SIZES`.
       head_units: hidden units of each game's head.
       learning_rate: Adam step size.
@@ -68,13 +79,11 @@ class DistillConfig:
     """
 
     games: tuple[str, ...]
-    loss: str = "kl"
-    temperatures: tuple[float, ...] = ()
-    feature_beta: float = 0.0
+    objective: objectives.Distillation = objectives.Distillation()
     student_size: str = "dqn"
     head_units: int = 128
     learning_rate: float = 2.5e-4
-    num_grad_steps: int = 10_000
+    num_grad_steps: int = 25_000
     checkpoint_every_steps: int = 1_000
     eval_every_steps: int = 500
     pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
@@ -84,15 +93,9 @@ class DistillConfig:
         if self.precision not in networks.PRECISIONS:
             raise ValueError(f"precision must be one of {list(networks.PRECISIONS)}, "
                              f"found {self.precision!r}")
-        if self.loss not in losses.POLICY_LOSSES:
-            raise ValueError(f"loss must be one of {sorted(losses.POLICY_LOSSES)}, "
-                             f"found {self.loss!r}")
-        if len(self.temperatures) != len(self.games):
-            raise ValueError(f"temperatures has {len(self.temperatures)} values for "
-                             f"{len(self.games)} games")
-        bad = [t for t in self.temperatures if not t > 0]
-        if bad:
-            raise ValueError(f"temperatures must be > 0, found {list(self.temperatures)}")
+        if len(self.objective.temperatures) != len(self.games):
+            raise ValueError(f"temperatures has {len(self.objective.temperatures)} values "
+                             f"for {len(self.games)} games")
         if self.student_size not in networks.STUDENT_SIZES:
             raise ValueError(f"student_size must be one of {sorted(networks.STUDENT_SIZES)}, "
                              f"found {self.student_size!r}")
@@ -100,13 +103,13 @@ class DistillConfig:
                 self.eval_every_steps < 1):
             raise ValueError("num_grad_steps must be >= 0, checkpoint_every_steps and "
                              "eval_every_steps >= 1")
-        if self.feature_beta < 0 or self.learning_rate <= 0:
-            raise ValueError("feature_beta must be >= 0 and learning_rate > 0")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, found {self.learning_rate}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["games"] = list(self.games)
-        d["temperatures"] = list(self.temperatures)
+        d["objective"] = self.objective.to_dict()
         return d
 
     def identity(self) -> dict:
@@ -116,10 +119,6 @@ class DistillConfig:
             d.pop(k)
         d["pipeline"].pop("prefetch_batches")
         return d
-
-
-def default_temperature(teacher_kind: str) -> float:
-    return 0.01 if teacher_kind == "q_values" else 1.0
 
 
 def build_student(config: DistillConfig, num_actions: Sequence[int],
@@ -132,11 +131,12 @@ def build_student(config: DistillConfig, num_actions: Sequence[int],
     student = networks.MultiTaskStudent(
         games=config.games, num_actions=num_actions, feature_dims=feature_dims,
         conv_filters=filters, fc_units=fc, head_units=config.head_units,
-        observation_shape=spec.observation_shape, loss=config.loss,
-        temperatures=config.temperatures, feature_beta=config.feature_beta,
+        observation_shape=spec.observation_shape,
+        feature_projections=config.objective.needs_feature_projections,
         preprocessing=spec.to_dict(),
         training_config=dict(config.to_dict(), **(extra_config or {})),
         precision=config.precision,
+        objective=config.objective,
         name="multidistill_student",
     )
     student.build_for_inputs()
@@ -153,40 +153,53 @@ class StepResult:
     samples: int
 
 
-def _dataset_identity(ds) -> dict:
-    """What fixes a dataset's batches: its teacher, content size and seeds."""
-    return {"game": ds.game, "teacher_sha256": ds.teacher_sha256,
-            "num_agent_steps": ds.num_agent_steps, "num_episodes": ds.num_episodes,
-            "build_seeds": ds.build_seeds}
-
-
-def _atomic_save_keras(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+def data_prefix(run_dir: str | os.PathLike) -> list[int] | None:
+    """Per dataset, the episodes a run in `run_dir` started from (None: a new
+    run, or one from before data prefixes were recorded). Open the batch
+    source on this prefix to resume on the data the run started with."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())["identity"]["data"]["datasets"]
+        return [int(d["num_episodes"]) for d in data]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return None
 
 
 class Distiller:
     """Owns a run directory: builds or resumes the student, trains, checkpoints."""
 
     def __init__(self, run_dir: str | os.PathLike, config: DistillConfig,
-                 dataset_paths: Sequence[str], spec: environments.Preprocessing,
+                 source: pipeline.BatchSource, spec: environments.Preprocessing,
                  teacher_kinds: Sequence[str]):
+        """Builds the student, or resumes the run in `run_dir`.
+
+        Args:
+          run_dir: the run directory (created if needed).
+          config: the run's settings.
+          source: where batches come from; it must load the fields
+            `config.objective.fields`. A resumed run's source must serve the
+            data the run started from (open it on `data_prefix(run_dir)`).
+          spec: the preprocessing.
+          teacher_kinds: per game, the teacher's kind (the student's acting
+            rule in evaluation).
+
+        Raises:
+          TrainingError: the source's games differ from the config's, or
+            `run_dir` holds a run with other settings or data.
+        """
         self.run_dir = Path(run_dir)
         self.config = config
         self.spec = spec
-        self.sampler = pipeline.MultiGameSampler(dataset_paths, config.pipeline,
-                                                 with_features=config.feature_beta > 0)
-        for game, ds in zip(config.games, self.sampler.datasets):
-            if ds.game != game:
-                raise TrainingError(f"dataset {ds.path} is for {ds.game!r}, expected {game!r}")
-        num_actions = [ds.num_actions for ds in self.sampler.datasets]
-        feature_dims = [ds.feature_dim for ds in self.sampler.datasets]
+        self.source = source
+        if tuple(source.games) != tuple(config.games):
+            raise TrainingError(f"the batch source serves the games {list(source.games)}, "
+                                f"the run trains {list(config.games)}")
         # Compared as JSON (tuples and lists alike), as config.json stores it.
         run_identity = json.loads(json.dumps(
             {"config": config.identity(), "teacher_kinds": list(teacher_kinds),
-             "datasets": [_dataset_identity(ds) for ds in self.sampler.datasets],
-             "preprocessing": spec.to_dict()}))
+             "data": source.identity(), "preprocessing": spec.to_dict()}))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "config.json"
         if config_path.exists():
@@ -198,10 +211,10 @@ class Distiller:
                     f"run directory {self.run_dir} holds a run with other settings or "
                     f"other datasets (differs in: {', '.join(diff)}): a resumed run must "
                     "see the data it started with; use another --run_dir, or delete it")
-        checkpoints.atomic_write_bytes(config_path, json.dumps(
-            {"identity": run_identity, "config": config.to_dict()}, indent=2).encode())
+        files.atomic_write_text(config_path, json.dumps(
+            {"identity": run_identity, "config": config.to_dict()}, indent=2))
         self.student, self.optimizer = build_student(
-            config, num_actions, feature_dims, spec,
+            config, source.num_actions, source.feature_dims, spec,
             extra_config={"teacher_kinds": list(teacher_kinds)})
         self.grad_step = 0
         self.ckpt_path = self.run_dir / "checkpoint.npz"
@@ -209,7 +222,7 @@ class Distiller:
             state = checkpoints.restore(self.ckpt_path, self.student, self.optimizer)
             self.grad_step = int(state["grad_step"])
         self.writer = summaries.ScalarWriter(self.run_dir)
-        self._holdout = [self.sampler.holdout(g) for g in range(len(config.games))]
+        self._holdout = [source.holdout(g) for g in range(len(config.games))]
 
     @property
     def student_path(self) -> Path:
@@ -218,7 +231,7 @@ class Distiller:
     def save_checkpoint(self) -> None:
         checkpoints.save(self.ckpt_path, self.student, self.optimizer,
                          {"grad_step": self.grad_step})
-        _atomic_save_keras(self.student, self.student_path)
+        students.save_student(self.student, self.student_path)
         summaries.plot_curves(
             self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
             [("held-out KL", [f"heldout/kl/{g}" for g in self.config.games]),
@@ -244,11 +257,12 @@ class Distiller:
             logits = np.concatenate(preds)[:n]
             a = self.student.num_actions[g]
             t_out, s_out = y["teacher_outputs"][:, :a], logits[:, :a]
-            tau = self.config.temperatures[g]
+            objective = self.config.objective
+            tau = objective.temperatures[g]
             out[f"heldout/kl/{game}"] = float(ops.convert_to_numpy(
                 losses.kl(t_out, s_out, temperature=tau)))
             out[f"heldout/loss/{game}"] = float(ops.convert_to_numpy(
-                losses.policy_loss(self.config.loss, t_out, s_out, temperature=tau)))
+                losses.policy_loss(objective.policy_loss, t_out, s_out, temperature=tau)))
             out[f"heldout/agreement/{game}"] = float(ops.convert_to_numpy(
                 losses.top1_agreement(t_out, s_out)))
         return out
@@ -257,7 +271,7 @@ class Distiller:
         """Trains from the current step to `num_grad_steps`, one result per step."""
         if self.grad_step >= self.config.num_grad_steps:
             return
-        for index, x, y in self.sampler.iterate(self.grad_step):
+        for index, x, y in self.source.iterate(self.grad_step):
             loss = self.student.train_on_batch(x, y)
             loss = float(np.asarray(loss).reshape(-1)[0])
             if not math.isfinite(loss):
@@ -324,23 +338,4 @@ class Distiller:
 
     def close(self):
         self.writer.close()
-        self.sampler.close()
-
-
-def load_student(path: str | os.PathLike):
-    """Loads a saved student (safe mode) and checks that it is one."""
-    import keras
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"student file {path} does not exist")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"student file {path} is not a loadable Keras model: "
-                         f"{type(e).__name__}: {first_line}") from None
-    if not isinstance(model, networks.MultiTaskStudent):
-        raise ValueError(f"{path} is a Keras model but not a multidistill student "
-                         f"(found {type(model).__name__})")
-    return model
+        self.source.close()

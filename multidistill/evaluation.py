@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multidistill import acting, environments
+from multidistill import acting, environments, files
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
@@ -47,7 +47,7 @@ class EvalProtocol:
         which random draw lands where, not what is measured.
     """
 
-    num_episodes: int = 10
+    num_episodes: int = 8
     epsilon: float = 0.05
     num_envs: int = 8
     seed: int = 1_000_000
@@ -150,8 +150,7 @@ def evaluate(
                                         num_groups=num_groups)
     policy = network_policy(predict, kind, protocol.epsilon, rng)
     done = np.zeros(n_envs, dtype=int)
-    running_return = np.zeros(n_envs)
-    running_length = np.zeros(n_envs, dtype=int)
+    tracker = acting.EpisodeTracker(n_envs)
     results: list[list[tuple[float, int]]] = [[] for _ in range(n_envs)]
     bar = None
     if progress:
@@ -168,21 +167,15 @@ def evaluate(
                                 overlap=overlap):
             if startup is None:  # Resets and the first inference calls.
                 startup = time.perf_counter() - t0
-            v = step.valid
-            running_return[v] += step.rewards[v]
-            running_length[v] += 1
-            ended = v & (step.terminated | step.truncated)
-            for i in np.flatnonzero(ended):
+            for i, episode_return, length in tracker.update(step):
                 if done[i] < quota[i]:
-                    results[i].append((float(running_return[i]), int(running_length[i])))
+                    results[i].append((episode_return, length))
                     done[i] += 1
                     active[i] = done[i] < quota[i]
                     if bar is not None:
                         bar.update(1)
                         all_returns = [r for rs in results for r, _ in rs]
                         bar.set_postfix(mean_return=f"{np.mean(all_returns):.1f}")
-                running_return[i] = 0.0
-                running_length[i] = 0
             if (done >= quota).all():
                 break
     finally:
@@ -424,11 +417,7 @@ def report_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"),
-                       (md_path, "# multidistill report\n\n" + report_markdown(report))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    files.atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    files.atomic_write_text(md_path, "# multidistill report\n\n" + report_markdown(report))
     return json_path, md_path

@@ -10,7 +10,11 @@ All functions are written with `keras.ops` and run on every Keras backend.
 
 from __future__ import annotations
 
-from keras import ops
+import multidistill
+
+multidistill.import_keras_quietly()
+
+from keras import ops  # noqa: E402
 
 _NEG = -1e9
 

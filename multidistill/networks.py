@@ -20,8 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import keras
-from keras import layers, ops
+import multidistill
+
+multidistill.import_keras_quietly()
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 # Conv filters and hidden units of each named size.
 STUDENT_SIZES: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -69,7 +73,7 @@ def default_precision(cpu_flags: str | None = None) -> str:
     return "mixed_bfloat16" if native else "float32"
 
 
-def _trunk_layers(
+def make_trunk(
     conv_filters: Sequence[int], fc_units: int, prefix: str, hidden_name: str = "hidden",
     dtype: str | None = None,
 ) -> list:
@@ -119,7 +123,7 @@ def build_teacher_network(
     """
     frames = keras.Input(shape=tuple(observation_shape), dtype="uint8", name="frames")
     x = frames
-    trunk = _trunk_layers(conv_filters, fc_units, prefix="", hidden_name="features")
+    trunk = make_trunk(conv_filters, fc_units, prefix="", hidden_name="features")
     for layer in trunk:
         x = layer(x)
     outputs = layers.Dense(num_actions, name="outputs")(x)
@@ -143,9 +147,11 @@ class MultiTaskStudent(keras.Model):
         layer for the sample's game; positions beyond that game's teacher
         feature size are zero.
 
-    The distillation loss is computed by `compute_loss` from the settings
-    given here (`loss`, `temperatures`, `feature_beta`), so `fit()`, its
-    callbacks and every Keras backend work unchanged.
+    The student is the forward pass only. What it is trained to minimise is
+    the objective attached to it (`student.objective`, see
+    `multidistill.objectives`): `compute_loss` delegates to it, so `fit()`,
+    its callbacks and every Keras backend work unchanged. The objective is
+    not saved: a saved student loads without knowing how it was trained.
 
     `precision` "mixed_bfloat16" makes the shared trunk compute in bfloat16
     (weights stay float32); the heads, outputs and loss are float32 in
@@ -153,7 +159,14 @@ class MultiTaskStudent(keras.Model):
 
     The saved `.keras` file carries the games, their action counts, the
     preprocessing spec (as a dict), the precision and the training config;
-    it loads with `keras.saving.load_model` once `multidistill` is imported.
+    it loads with `keras.saving.load_model` once `multidistill.networks` is
+    imported (`multidistill.students.load_student` does both).
+
+    Args:
+      feature_projections: give each game a linear projection of the shared
+        hidden layer onto its teacher's features (Actor-Mimic feature
+        regression); without, `features` outputs zeros and no weights exist
+        for them.
     """
 
     def __init__(
@@ -165,16 +178,22 @@ class MultiTaskStudent(keras.Model):
         fc_units: int = 512,
         head_units: int = 128,
         observation_shape: Sequence[int] = (4, 84, 84),
-        loss: str = "kl",
-        temperatures: Sequence[float] | None = None,
-        feature_beta: float = 0.0,
+        feature_projections: bool | None = None,
         preprocessing: dict[str, Any] | None = None,
         training_config: dict[str, Any] | None = None,
         precision: str = "float32",
+        objective=None,
         **kwargs,
     ):
+        # Students saved before objectives existed carry their loss settings;
+        # only whether feature projections exist matters to the network.
+        legacy_beta = kwargs.pop("feature_beta", 0.0)
+        kwargs.pop("loss", None)
+        kwargs.pop("temperatures", None)
+        if feature_projections is None:
+            feature_projections = legacy_beta > 0
         super().__init__(**kwargs)
-        from multidistill import losses as losses_lib
+        self.objective = objective
 
         self.games = list(games)
         self.num_actions = [int(a) for a in num_actions]
@@ -188,15 +207,7 @@ class MultiTaskStudent(keras.Model):
         self.fc_units = int(fc_units)
         self.head_units = int(head_units)
         self.observation_shape = [int(s) for s in observation_shape]
-        if loss not in losses_lib.POLICY_LOSSES:
-            raise ValueError(
-                f"loss {loss!r} is unknown: expected one of {sorted(losses_lib.POLICY_LOSSES)}"
-            )
-        self.loss_name = loss
-        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(self.games))]
-        if any(t <= 0 for t in self.temperatures):
-            raise ValueError(f"temperatures must be > 0, found {self.temperatures}")
-        self.feature_beta = float(feature_beta)
+        self.feature_projections_enabled = bool(feature_projections)
         self.preprocessing = dict(preprocessing or {})
         self.training_config = dict(training_config or {})
         if precision not in PRECISIONS:
@@ -206,7 +217,7 @@ class MultiTaskStudent(keras.Model):
         self.max_actions = max(self.num_actions)
         self.max_feature_dim = max(self.feature_dims + [1])
         # The trunk computes in `precision`; everything after it in float32.
-        self.trunk = _trunk_layers(self.conv_filters, self.fc_units, prefix="shared_",
+        self.trunk = make_trunk(self.conv_filters, self.fc_units, prefix="shared_",
                                    dtype=precision)
         self.game_hidden = [
             layers.Dense(self.head_units, activation="relu", name=f"{g}_hidden",
@@ -221,7 +232,7 @@ class MultiTaskStudent(keras.Model):
         self.feature_projections = [
             layers.Dense(max(f, 1), name=f"{g}_feature_projection", dtype="float32")
             for g, f in zip(self.games, self.feature_dims)
-        ] if self.feature_beta > 0 else []
+        ] if self.feature_projections_enabled else []
         # (games, max_actions) 1 where the game has that action.
         self._action_mask = ops.convert_to_tensor(
             [[1.0 if a < n else 0.0 for a in range(self.max_actions)] for n in self.num_actions]
@@ -230,7 +241,6 @@ class MultiTaskStudent(keras.Model):
             [[1.0 if i < f else 0.0 for i in range(self.max_feature_dim)]
              for f in self.feature_dims]
         )
-        self._temperatures = ops.convert_to_tensor(self.temperatures)
 
     # -- forward ----------------------------------------------------------
 
@@ -270,25 +280,21 @@ class MultiTaskStudent(keras.Model):
         logits = ops.where(action_mask > 0, logits, MASKED_LOGIT)
         return {"logits": logits, "features": features}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Distillation loss of a batch (see `multidistill.losses`)."""
-        from multidistill import losses as losses_lib
+    def action_mask(self, game_id):
+        """(B, max_actions) 1 where the sample's game has that action."""
+        return ops.take(self._action_mask, ops.cast(game_id, "int32"), axis=0)
 
-        game_id = ops.cast(x["game_id"], "int32")
-        loss = losses_lib.policy_loss(
-            self.loss_name,
-            y["teacher_outputs"],
-            y_pred["logits"],
-            action_mask=ops.take(self._action_mask, game_id, axis=0),
-            temperature=ops.take(self._temperatures, game_id, axis=0),
-        )
-        if self.feature_beta > 0:
-            loss = loss + self.feature_beta * losses_lib.feature_regression(
-                y_pred["features"],
-                ops.cast(y["teacher_features"], "float32"),
-                feature_mask=ops.take(self._feature_mask, game_id, axis=0),
-            )
-        return loss
+    def feature_mask(self, game_id):
+        """(B, max_feature_dim) 1 where the sample's teacher has that feature."""
+        return ops.take(self._feature_mask, ops.cast(game_id, "int32"), axis=0)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The attached objective's loss of a batch (`multidistill.objectives`)."""
+        if self.objective is None:
+            raise ValueError(
+                "this student has no objective to train on: attach one first, e.g. "
+                "student.objective = multidistill.objectives.Distillation(temperatures=...)")
+        return self.objective.loss(self, x, y, y_pred)
 
     # -- acting -----------------------------------------------------------
 
@@ -317,9 +323,7 @@ class MultiTaskStudent(keras.Model):
             fc_units=self.fc_units,
             head_units=self.head_units,
             observation_shape=self.observation_shape,
-            loss=self.loss_name,
-            temperatures=self.temperatures,
-            feature_beta=self.feature_beta,
+            feature_projections=self.feature_projections_enabled,
             preprocessing=self.preprocessing,
             training_config=self.training_config,
             precision=self.precision,

@@ -1,4 +1,18 @@
-"""The input pipeline: minibatches drawn across games from the HDF5 datasets.
+"""Batch sources: where the student's minibatches come from.
+
+A `BatchSource` hands the distiller numbered batches (`batch(i)`,
+`iterate(start)`), a fixed held-out batch per game (`holdout`), and says
+what data fixes its batches (`identity`), so that a run can check on resume
+that it sees what it started from. The distiller knows nothing else about
+it: offline datasets, a live queue from a teacher in training or a student's
+own collection rounds are each a source. A batch is `(x, y)` with
+x = {"frames": (B, S, H, W) uint8, "game_id": (B,) int32} and y holding the
+fields the objective asks for (`objectives.Distillation.fields`, among
+`datasets.STEP_FIELDS`), padded across games to the widest action and
+feature counts.
+
+`HDF5Source`, the offline source, draws minibatches across games from the
+HDF5 datasets.
 
 Reading pattern. HDF5 is fast on contiguous slices and slow on scattered
 ones, so each game keeps a window of `blocks_in_memory` blocks of
@@ -20,6 +34,11 @@ game; `game_weights` sets other shares of the same total.
 Held-out data. The last `holdout_fraction` of each dataset's episodes (at
 least one episode when there are two or more) are never trained on; they
 give the held-out metrics.
+
+Growing datasets. A source may be opened on a prefix of each file (the
+episodes a run started from, `max_episodes`): a file topped up or extended
+by later collection rounds then does not change the batches of a run that
+resumes.
 """
 
 from __future__ import annotations
@@ -27,11 +46,13 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from multidistill import datasets as datasets_lib
+from multidistill import environments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +103,53 @@ def _split_counts(total: int, weights: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
+class BatchSource(Protocol):
+    """Where a distillation run's batches come from (see the module docstring).
+
+    Attributes:
+      games: the games, in the student's head order.
+      num_actions: per game, its action count.
+      feature_dims: per game, its teacher's feature count.
+      batch_size: samples per batch.
+    """
+
+    games: tuple[str, ...]
+    num_actions: list[int]
+    feature_dims: list[int]
+    batch_size: int
+
+    def batch(self, index: int) -> tuple[dict, dict]:
+        """Batch number `index`: a pure function of the source's data and seed."""
+
+    def iterate(self, start: int) -> Iterator[tuple[int, dict, dict]]:
+        """(index, x, y) from batch `start` on."""
+
+    def holdout(self, game_index: int) -> tuple[dict, dict] | None:
+        """A fixed held-out batch of one game, or None if it has none."""
+
+    def identity(self) -> dict:
+        """What fixes the batches (data, prefix); JSON-able."""
+
+    def close(self) -> None:
+        """Releases files and threads."""
+
+
+# How each field is kept in a window: (dtype, per-sample width or None).
+_FIELD_DTYPES = {
+    "teacher_outputs": np.float32, "teacher_features": np.float16,
+    "teacher_values": np.float32, "actions": np.int32,
+    "behaviour_log_probs": np.float32, "rewards": np.float32,
+    "terminated": bool, "truncated": bool,
+}
+
+
 class _GameWindow:
     """The block window of one game's dataset."""
 
     def __init__(self, ds: datasets_lib.Dataset, index: int, config: PipelineConfig,
-                 per_batch: int, with_features: bool = True):
+                 per_batch: int, fields: Sequence[str]):
         self.ds = ds
-        self.with_features = with_features
+        self.fields = tuple(fields)
         self.index = index
         self.config = config
         self.stack = ds.preprocessing.frame_stack
@@ -113,12 +174,13 @@ class _GameWindow:
         # the block starts the dataset).
         r, pad = self.block_rows, self.stack - 1
         h, w = ds.preprocessing.frame_height, ds.preprocessing.frame_width
-        feature_width = ds._f["teacher_features"].shape[1] if with_features else 1
+        widths = {"teacher_outputs": ds.num_actions, "teacher_features": ds.stored_feature_dim}
         self._frames = np.zeros((self.slots, pad + r, h, w), np.uint8)
         self._offsets = np.zeros((self.slots, r), np.int64)
-        self._outputs = np.zeros((self.slots, r, ds.num_actions), np.float32)
-        self._features = np.zeros((self.slots, r, feature_width), np.float16)
-        self._actions = np.zeros((self.slots, r), np.int32)
+        self._fields = {
+            name: np.zeros((self.slots, r) + ((widths[name],) if name in widths else ()),
+                           _FIELD_DTYPES[name])
+            for name in self.fields}
         self._generations = np.full(self.slots, -1, np.int64)
 
     def _generation(self, slot: int, batch: int) -> int:
@@ -135,15 +197,14 @@ class _GameWindow:
         return int(min(rng.integers(0, last // align + 2) * align, last))
 
     def _load(self, slot: int, start: int) -> None:
-        block = load_block(self.ds, start, start + self.block_rows, self.stack,
-                           self.with_features)
+        block = self.ds.read_rows(start, start + self.block_rows, self.fields,
+                                  history=self.stack - 1)
         pad, prefix = self.stack - 1, block["prefix"]
         self._frames[slot, : pad - prefix] = 0
         self._frames[slot, pad - prefix:] = block["frames"]
         self._offsets[slot] = block["offsets"]
-        self._outputs[slot] = block["teacher_outputs"]
-        self._features[slot] = block["teacher_features"]
-        self._actions[slot] = block["actions"]
+        for name in self.fields:
+            self._fields[name][slot] = block[name]
 
     def refresh(self, batch: int) -> None:
         """Loads the blocks that batch number `batch` draws from."""
@@ -158,100 +219,121 @@ class _GameWindow:
         rng = np.random.default_rng([self.config.seed, self.index, batch, 1 << 20])
         slot_idx = rng.integers(0, self.slots, size=n)
         row_idx = rng.integers(0, self.block_rows, size=n)
-        lags = np.arange(self.stack - 1, -1, -1)
-        obs = self._frames[slot_idx[:, None], self.stack - 1 + row_idx[:, None] - lags]
-        # Frames from before the episode's start are zeros.
-        obs[self._offsets[slot_idx, row_idx][:, None] < lags] = 0
-        return {
-            "observations": obs,
-            "teacher_outputs": self._outputs[slot_idx, row_idx],
-            "teacher_features": self._features[slot_idx, row_idx].astype(np.float32),
-            "actions": self._actions[slot_idx, row_idx],
-        }
+        # The slots as one run of frames: slot s, row r is frame
+        # s * (pad + R) + pad + r; its history lies just before it.
+        width = self._frames.shape[1]
+        frames = self._frames.reshape((-1,) + self._frames.shape[2:])
+        obs = environments.stack_frames(frames, slot_idx * width + self.stack - 1 + row_idx,
+                                        self._offsets[slot_idx, row_idx], self.stack)
+        out = {"observations": obs}
+        for name in self.fields:
+            out[name] = self._fields[name][slot_idx, row_idx]
+        return out
 
 
-def load_block(ds: datasets_lib.Dataset, start: int, stop: int, stack: int,
-               with_features: bool = True) -> dict:
-    """Rows start..stop-1 of a dataset, with the frames their stacks need."""
-    lo = max(0, start - (stack - 1))
-    n = stop - start
-    return {
-        "frames": ds._read("frames", lo, stop),
-        "prefix": start - lo,
-        "offsets": ds.episode_offsets(start, stop),
-        "teacher_outputs": ds._read("teacher_outputs", start, stop),
-        "teacher_features": (ds._read("teacher_features", start, stop) if with_features
-                             else np.zeros((n, 1), np.float16)),
-        "actions": ds._read("actions", start, stop),
-    }
+def _gather(ds: datasets_lib.Dataset, rows: np.ndarray, fields: Sequence[str],
+            span: int = 4096) -> dict[str, np.ndarray]:
+    """Observations and fields of some sorted rows of a dataset, read in
+    contiguous spans of at most `span` rows (only the rows kept are stacked)."""
+    stack = ds.preprocessing.frame_stack
+    parts = []
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    for start in range(lo, hi, span):
+        stop = min(start + span, hi)
+        picked = rows[(rows >= start) & (rows < stop)] - start
+        if len(picked):
+            block = ds.read_rows(start, stop, fields, history=stack - 1)
+            part = {"observations": datasets_lib.stack_rows(block, picked, stack)}
+            part.update({name: block[name][picked] for name in fields})
+            parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def gather(block: dict, rows: np.ndarray, stack: int) -> dict[str, np.ndarray]:
-    """Observations and labels of some rows of one `load_block` block."""
-    rows = np.asarray(rows, np.int64)
-    lags = np.arange(stack - 1, -1, -1)
-    obs = block["frames"][block["prefix"] + rows[:, None] - lags]
-    obs[block["offsets"][rows][:, None] < lags] = 0  # Before the episode's start.
-    return {
-        "observations": obs,
-        "teacher_outputs": np.asarray(block["teacher_outputs"][rows], np.float32),
-        "teacher_features": np.asarray(block["teacher_features"][rows], np.float32),
-        "actions": np.asarray(block["actions"][rows], np.int32),
-    }
+class HDF5Source:
+    """The offline batch source: batches across games from HDF5 datasets.
 
+    `batch(i)` is a pure function of (the datasets' prefixes, seed, i).
 
-class MultiGameSampler:
-    """Batches across games; `batch(i)` is a pure function of (seed, i)."""
+    Args:
+      paths: one dataset per game, in head order.
+      config: sampling settings.
+      fields: the `y` fields to load (`objectives.Distillation.fields`),
+        among `datasets.STEP_FIELDS`.
+      max_episodes: per dataset, the prefix of episodes to use (the data a
+        run started from; None: all the file holds now).
+    """
 
     def __init__(self, paths: Sequence[str], config: PipelineConfig,
-                 max_actions: int | None = None, max_feature_dim: int | None = None,
-                 with_features: bool = True):
-        """Opens the datasets.
-
-        Args:
-          paths: one dataset per game, in head order.
-          config: sampling settings.
-          max_actions: width of the padded teacher outputs (default: widest).
-          max_feature_dim: width of the padded features (default: widest).
-          with_features: read teacher features (off: zeros, less to read).
-        """
+                 fields: Sequence[str] = ("teacher_outputs",),
+                 max_episodes: Sequence[int] | None = None):
+        unknown = [f for f in fields if f not in datasets_lib.STEP_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown batch fields {unknown}: expected some of "
+                             f"{list(datasets_lib.STEP_FIELDS)}")
+        if max_episodes is not None and len(max_episodes) != len(paths):
+            raise ValueError(f"max_episodes has {len(max_episodes)} entries for "
+                             f"{len(paths)} datasets")
         self.config = config
-        self.datasets = [datasets_lib.Dataset(p) for p in paths]
+        self.fields = tuple(fields)
+        self.datasets = []
+        try:
+            for i, p in enumerate(paths):
+                self.datasets.append(datasets_lib.Dataset(
+                    p, None if max_episodes is None else int(max_episodes[i])))
+        except Exception:
+            self.close()
+            raise
         g = len(self.datasets)
         weights = config.game_weights or (1.0,) * g
         if len(weights) != g:
+            self.close()
             raise ValueError(f"game_weights has {len(weights)} entries for {g} games")
+        self.games = tuple(ds.game for ds in self.datasets)
+        self.num_actions = [ds.num_actions for ds in self.datasets]
+        self.feature_dims = [ds.feature_dim for ds in self.datasets]
         self.counts = _split_counts(config.batch_size_per_game * g, weights)
-        self.windows = [_GameWindow(ds, i, config, c, with_features)
+        self.windows = [_GameWindow(ds, i, config, c, self.fields)
                         for i, (ds, c) in enumerate(zip(self.datasets, self.counts))]
-        self.max_actions = max_actions or max(ds.num_actions for ds in self.datasets)
-        self.max_feature_dim = max_feature_dim or max(
-            max(ds.feature_dim for ds in self.datasets), 1)
+        self.max_actions = max(self.num_actions)
+        self.max_feature_dim = max(max(ds.stored_feature_dim for ds in self.datasets), 1)
 
     @property
     def batch_size(self) -> int:
         return int(sum(self.counts))
 
+    def identity(self) -> dict:
+        """Per dataset: game, labelling teacher, the prefix used (episodes,
+        steps) and the sessions that recorded it."""
+        return {"datasets": [
+            {"game": ds.game, "teacher_sha256": ds.teacher_sha256,
+             "num_episodes": ds.num_episodes, "num_agent_steps": ds.num_agent_steps,
+             "sessions": [s.to_dict() for s in ds.sessions]}
+            for ds in self.datasets]}
+
     def _assemble(self, parts: list[tuple[int, dict]]) -> tuple[dict, dict]:
-        n = sum(len(p["actions"]) for _, p in parts)
+        n = sum(len(p["observations"]) for _, p in parts)
         first = parts[0][1]["observations"]
         obs = np.empty((n,) + first.shape[1:], np.uint8)
-        outs = np.zeros((n, self.max_actions), np.float32)
-        feats = np.zeros((n, self.max_feature_dim), np.float32)
-        acts = np.zeros(n, np.int32)
         gid = np.zeros(n, np.int32)
+        widths = {"teacher_outputs": self.max_actions,
+                  "teacher_features": self.max_feature_dim}
+        y = {}
+        for name in self.fields:
+            dtype = np.float32 if name == "teacher_features" else _FIELD_DTYPES[name]
+            y[name] = np.zeros((n,) + ((widths[name],) if name in widths else ()), dtype)
         k = 0
         for g, p in parts:
-            m = len(p["actions"])
+            m = len(p["observations"])
             obs[k:k + m] = p["observations"]
-            outs[k:k + m, : p["teacher_outputs"].shape[1]] = p["teacher_outputs"]
-            feats[k:k + m, : p["teacher_features"].shape[1]] = p["teacher_features"]
-            acts[k:k + m] = p["actions"]
             gid[k:k + m] = g
+            for name in self.fields:
+                value = p[name]
+                if value.ndim == 2:
+                    y[name][k:k + m, : value.shape[1]] = value
+                else:
+                    y[name][k:k + m] = value
             k += m
-        x = {"frames": obs, "game_id": gid}
-        y = {"teacher_outputs": outs, "teacher_features": feats, "actions": acts}
-        return x, y
+        return {"frames": obs, "game_id": gid}, y
 
     def batch(self, index: int) -> tuple[dict, dict]:
         """The training batch number `index` (x, y) for the student."""
@@ -266,19 +348,10 @@ class MultiGameSampler:
         if hi <= lo:
             return None
         rows = np.unique(np.linspace(lo, hi - 1, num=min(max_rows, hi - lo)).astype(int))
-        # Read in spans of at most 4096 rows; stack only the rows kept.
-        parts = []
-        for start in range(lo, hi, 4096):
-            stop = min(start + 4096, hi)
-            picked = rows[(rows >= start) & (rows < stop)]
-            if len(picked):
-                block = load_block(self.datasets[game_index], start, stop, w.stack,
-                                   w.with_features)
-                parts.append(gather(block, picked - start, w.stack))
-        part = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        part = _gather(self.datasets[game_index], rows, self.fields)
         return self._assemble([(game_index, part)])
 
-    def iterate(self, start_batch: int):
+    def iterate(self, start_batch: int) -> Iterator[tuple[int, dict, dict]]:
         """Yields (index, x, y) from `start_batch` on, prepared in a background thread."""
         q: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch_batches))
         stop = threading.Event()
@@ -314,3 +387,8 @@ class MultiGameSampler:
         for ds in self.datasets:
             ds.close()
 
+
+def fit_batches(source: BatchSource, start: int = 0) -> Iterator[tuple[dict, dict]]:
+    """(x, y) batches of `source` from `start` on, for `keras.Model.fit`."""
+    for _, x, y in source.iterate(start):
+        yield x, y

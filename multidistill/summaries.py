@@ -13,6 +13,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from multidistill import files
+
 
 class ScalarWriter:
     def __init__(self, log_dir: str | os.PathLike):
@@ -94,9 +96,7 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    try:
+        return files.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

@@ -103,6 +103,41 @@ def act(outputs: np.ndarray, kind: str, epsilon: float, rng: np.random.Generator
     return actions.astype(np.int32)
 
 
+def policy_probabilities(outputs: np.ndarray, kind: str, epsilon: float) -> np.ndarray:
+    """The distribution `act` draws from: mu = (1 - epsilon) pi + epsilon / A.
+
+    pi is one-hot on argmax_a q for a "q_values" teacher (ties: the first,
+    as `np.argmax`) and softmax(z) for a "logits" teacher.
+
+    Args:
+      outputs: (B, A) Q-values or logits.
+      kind: "q_values" or "logits".
+      epsilon: probability of a uniformly random action.
+
+    Returns:
+      (B, A) float64 probabilities.
+    """
+    outputs = np.asarray(outputs, np.float64)
+    b, a = outputs.shape
+    if kind == "q_values":
+        pi = np.zeros_like(outputs)
+        pi[np.arange(b), np.argmax(outputs, axis=1)] = 1.0
+    elif kind == "logits":
+        z = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        pi = z / z.sum(axis=1, keepdims=True)
+    else:
+        raise ValueError(f"unknown teacher kind {kind!r}: expected one of {KINDS}")
+    return (1.0 - epsilon) * pi + epsilon / a
+
+
+def action_log_probs(outputs: np.ndarray, kind: str, epsilon: float,
+                     actions: np.ndarray) -> np.ndarray:
+    """log mu(a|s) of `actions` under `policy_probabilities`, (B,) float32."""
+    mu = policy_probabilities(outputs, kind, epsilon)
+    with np.errstate(divide="ignore"):
+        return np.log(mu[np.arange(len(mu)), np.asarray(actions, np.int64)]).astype(np.float32)
+
+
 @dataclasses.dataclass
 class Teacher:
     """A loaded teacher, ready to label observations.
