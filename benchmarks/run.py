@@ -53,7 +53,7 @@ class Sizes:
     """How much work each measurement does (each field is the flag of that name)."""
 
     repeats: int = 3
-    num_envs: int = 32  # build_datasets.BuildConfig.num_envs (a test checks)
+    num_envs: int = 32  # collect.CollectConfig.num_envs (a test checks)
     eval_num_envs: int = 8  # evaluation.EvalProtocol.num_envs (a test checks)
     probe_steps: int = 4000
     build_steps: int = 20_000
@@ -170,11 +170,12 @@ def make_teacher(directory: Path, spec):
 def distill_config(student_size: str, seed: int = 0, **kwargs):
     """The product's default distillation settings for one game (the
     precision train.py picks on this machine unless `precision` is given)."""
-    from multidistill import distiller, networks, pipeline
+    from multidistill import distiller, networks, objectives, pipeline
 
     kwargs.setdefault("precision", networks.default_precision())
     return distiller.DistillConfig(
-        games=(GAME,), temperatures=(distiller.default_temperature(TEACHER_KIND),),
+        games=(GAME,), objective=objectives.Distillation(
+            temperatures=(objectives.default_temperature(TEACHER_KIND),)),
         student_size=student_size, pipeline=pipeline.PipelineConfig(seed=seed), **kwargs)
 
 
@@ -183,8 +184,8 @@ def open_sampler(path: Path, config):
     """The product's input pipeline over one dataset, as the Distiller opens it."""
     from multidistill import pipeline
 
-    sampler = pipeline.MultiGameSampler([str(path)], config.pipeline,
-                                        with_features=config.feature_beta > 0)
+    sampler = pipeline.HDF5Source([str(path)], config.pipeline,
+                                  fields=config.objective.fields)
     try:
         yield sampler
     finally:
@@ -242,14 +243,14 @@ def build_once(teacher, path: Path, spec, sizes: Sizes, threads: int,
                seed: int, groups: int = 0, overlap: bool | None = None
                ) -> tuple[float, float]:
     """The real `build_dataset` from scratch: (agent steps/s, bytes per 100,000 steps)."""
-    from multidistill import build_datasets
+    from multidistill import collect
 
-    config = build_datasets.BuildConfig(num_agent_steps=sizes.build_steps,
-                                        num_envs=sizes.num_envs, num_threads=threads,
-                                        seed=seed, num_env_groups=groups,
-                                        overlap_env_groups=overlap)
-    summary = build_datasets.build_dataset(teacher, path, config, spec, rebuild=True,
-                                           progress=False)
+    config = collect.CollectConfig(num_agent_steps=sizes.build_steps,
+                                   num_envs=sizes.num_envs, num_threads=threads,
+                                   seed=seed, num_env_groups=groups,
+                                   overlap_env_groups=overlap)
+    summary = collect.build_dataset(teacher, path, config, spec, rebuild=True,
+                                    progress=False)
     return (summary["agent_steps_per_s"],
             path.stat().st_size / summary["num_agent_steps"] * 1e5)
 
@@ -261,7 +262,7 @@ def naive_steps_per_s(teacher, spec, steps: int, seed: int) -> float:
     import numpy as np
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-    from multidistill import build_datasets
+    from multidistill import collect
 
     gymnasium.register_envs(ale_py)
     env = gymnasium.make(f"ALE/{GAME.capitalize()}-v5", frameskip=1,
@@ -270,14 +271,14 @@ def naive_steps_per_s(teacher, spec, steps: int, seed: int) -> float:
     env = AtariPreprocessing(env, noop_max=spec.noop_max, frame_skip=spec.frame_skip,
                              screen_size=spec.frame_height, grayscale_obs=True)
     env = FrameStackObservation(env, stack_size=spec.frame_stack)
-    epsilon = build_datasets.BuildConfig.epsilon
+    epsilon = collect.CollectConfig.epsilon
     rng = np.random.default_rng(seed)
     try:
         obs, _ = env.reset(seed=seed)
         teacher.label(obs[None])
         t0 = time.perf_counter()
         for _ in range(steps):
-            outputs, _ = teacher.label(obs[None])
+            outputs = teacher.label(obs[None])["outputs"]
             obs, _, terminated, truncated, _ = env.step(
                 int(teacher.act(outputs, epsilon, rng)[0]))
             if terminated or truncated:
@@ -461,7 +462,9 @@ def synthetic_episode(steps: int, num_actions: int, feature_dim: int,
         "frames": frames,
         "teacher_outputs": rng.normal(size=(steps, num_actions)).astype(np.float32),
         "teacher_features": np.zeros((steps, feature_dim), np.float32),
+        "teacher_values": np.zeros(steps, np.float32),
         "actions": rng.integers(0, num_actions, size=steps).astype(np.uint8),
+        "behaviour_log_probs": np.zeros(steps, np.float32),
         "rewards": np.zeros(steps, np.float32),
         "terminated": terminated,
         "truncated": np.zeros(steps, bool),
@@ -481,7 +484,7 @@ def write_synthetic_datasets(paths: dict[int, str], sizes: Sizes) -> dict[int, f
 def write_synthetic_dataset(path: str, steps: int, sizes: Sizes) -> None:
     """Writes `steps` agent steps of synthetic Pong episodes with the product's
     DatasetWriter (same schema, compression and checksums as built datasets)."""
-    from multidistill import build_datasets, datasets, games
+    from multidistill import collect, datasets, games
 
     game = games.get_game(GAME)
     spec = benchmark_spec(sizes)
@@ -493,7 +496,10 @@ def write_synthetic_dataset(path: str, steps: int, sizes: Sizes) -> None:
             path, game=GAME, rom_md5=game.rom_md5, num_actions=game.num_actions,
             feature_dim=feature_dim, preprocessing=spec,
             teacher_sha256="0" * 64, teacher_kind=TEACHER_KIND, teacher_path="synthetic",
-            epsilon=build_datasets.BuildConfig.epsilon, seed=0) as writer:
+            seed=0) as writer:
+        writer.start_session(datasets.Session(
+            seed=0, behaviour="teacher", beta=1.0, epsilon=collect.CollectConfig.epsilon,
+            behaviour_sha256="0" * 64, labeller_sha256="0" * 64))
         while writer.num_agent_steps < steps:
             left = steps - writer.num_agent_steps
             writer.append_episode(full if left >= len(full["frames"]) else
@@ -504,11 +510,13 @@ def write_synthetic_dataset(path: str, steps: int, sizes: Sizes) -> None:
 def peak_rss_of_training(dataset_path: str, sizes: Sizes, run_dir: str) -> dict:
     """A real Distiller run of the default student on one dataset, in this (fresh)
     process; returns its peak RSS and the RSS before the run started, bytes."""
-    from multidistill import distiller
+    from multidistill import distiller, pipeline
 
     before = max_rss_bytes()
     config = distill_config("dqn", num_grad_steps=sizes.memory_train_steps)
-    run = distiller.Distiller(run_dir, config, [dataset_path], benchmark_spec(sizes),
+    source = pipeline.HDF5Source([dataset_path], config.pipeline,
+                                 fields=config.objective.fields)
+    run = distiller.Distiller(run_dir, config, source, benchmark_spec(sizes),
                               [TEACHER_KIND])
     try:
         run.train(progress=False)
@@ -817,8 +825,9 @@ def run_benchmark(sizes: Sizes, threads: list[int], output: Path, command: str) 
     summary = summarize(results)
     text = render_markdown(results, summary, command)
     print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    from multidistill import files
+
+    files.atomic_write_text(output, text)
     print(f"written to {output}; total wall time {results['wall_s']:.0f} s")
     return {"results": results, "summary": summary}
 

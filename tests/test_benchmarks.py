@@ -87,9 +87,9 @@ def test_help_names_units():
 
 
 def test_default_batches_are_the_products(bench):
-    from multidistill import build_datasets, evaluation
+    from multidistill import collect, evaluation
 
-    assert bench.Sizes().num_envs == build_datasets.BuildConfig().num_envs
+    assert bench.Sizes().num_envs == collect.CollectConfig().num_envs
     assert bench.Sizes().eval_num_envs == evaluation.EvalProtocol().num_envs
 
 
