@@ -73,6 +73,7 @@ import datetime
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -871,3 +872,84 @@ def stack_rows(block: dict[str, Any], rows: np.ndarray, frame_stack: int) -> np.
     rows = np.asarray(rows, np.int64)
     return environments.stack_frames(block["frames"], block["prefix"] + rows,
                                      block["offsets"][rows], frame_stack)
+
+
+def upgrade(path: str | os.PathLike, keep_backup: bool = True) -> Path | None:
+    """Rewrites a version 1 dataset as version 2, in place.
+
+    Every step is copied with its derived columns (the module docstring) and
+    the v1 build seeds become session rows: one session covering the file
+    when it had one, else sessions whose step ranges are unknown (-1, -1).
+    The new file is written under a temporary name and renamed over the old
+    one; the v1 file is kept as `<name>.v1.h5` unless `keep_backup` is False.
+
+    Returns:
+      The backup's path (None without backup, or if the file already was v2).
+
+    Raises:
+      DatasetError: the file is unreadable, damaged or being written.
+    """
+    import h5py
+
+    path = Path(path)
+    with file_lock(path):
+        with Dataset(path) as old:
+            if old.schema_version == SCHEMA_VERSION:
+                return None
+            sessions = old.sessions
+            a = old.attrs
+            tmp = files.temporary_path(path)
+            tmp.unlink(missing_ok=True)
+            writer = DatasetWriter(
+                tmp, game=old.game, rom_md5=str(a.get("rom_md5", "")),
+                num_actions=old.num_actions, feature_dim=old.feature_dim,
+                preprocessing=old.preprocessing, teacher_sha256=old.teacher_sha256,
+                teacher_kind=old.teacher_kind, teacher_path=str(a.get("teacher_path", "")),
+                seed=int(a.get("seed", 0)), teacher_value_source=old.teacher_value_source)
+            try:
+                with writer:
+                    writer.start_session(sessions[0])
+                    for start, length in zip(old.episode_starts, old.episode_lengths):
+                        rows = old.read_rows(int(start), int(start + length))
+                        del rows["prefix"], rows["offsets"]
+                        writer.append_episode(rows)
+                if len(sessions) > 1:  # Their step ranges were never recorded.
+                    with h5py.File(tmp, "a", libver="latest") as f:
+                        rows = np.stack([dataclasses.replace(
+                            s, step_start=-1, step_stop=-1).to_row() for s in sessions])
+                        f["sessions"].resize(len(rows), axis=0)
+                        f["sessions"][:] = rows
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        backup = None
+        if keep_backup:
+            backup = path.with_name(path.stem + ".v1" + path.suffix)
+            os.link(path, backup)
+        os.replace(tmp, path)
+    return backup
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m multidistill.datasets upgrade FILE [FILE ...]`."""
+    usage = ("usage: python -m multidistill.datasets upgrade FILE [FILE ...]\n"
+             "  rewrites version 1 dataset files as version 2 (the v1 file is kept as "
+             "<name>.v1.h5)")
+    if len(argv) < 2 or argv[0] != "upgrade":
+        print(usage, file=sys.stderr)
+        return 2
+    for name in argv[1:]:
+        try:
+            backup = upgrade(name)
+        except (DatasetError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{name}: already version {SCHEMA_VERSION}" if backup is None
+              else f"{name}: upgraded to version {SCHEMA_VERSION} (version 1 kept as {backup})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
