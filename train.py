@@ -7,7 +7,8 @@
    input shape, preprocessing);
 2. builds each game's dataset in --datasets_dir, or tops it up to
    --num_agent_steps (an existing file must come from the same teacher and
-   preprocessing);
+   preprocessing), the teacher acting (or --behaviour: a student, a mixture,
+   random) and labelling;
 3. trains one student with a head per game by temperature-sharpened KL
    (or --loss), resuming --run_dir if it holds a checkpoint of this run;
 4. evaluates student and teachers under one protocol and writes
@@ -66,10 +67,6 @@ def main(argv):
     spec = cli.preprocessing_from_flags()
     collect_config = cli.collect_config_from_flags()
     protocol = cli.eval_protocol_from_flags()
-    cli.require(collect_config.behaviour == "teacher",
-                "train.py records datasets with the teacher acting; use "
-                "python -m multidistill.build_datasets for --behaviour="
-                f"{collect_config.behaviour}")
 
     # 1. Teachers (all checked before any long work starts).
     teachers = {g: teachers_lib.load_teacher(g, FLAGS.teachers_dir, spec,
@@ -82,11 +79,13 @@ def main(argv):
     print(f"[1/3] datasets in {FLAGS.datasets_dir}: {FLAGS.num_agent_steps:,} agent steps "
           "per game")
     collect.check_existing(teachers, FLAGS.datasets_dir, spec, FLAGS.rebuild_datasets)
+    behaviours = cli.behaviours_from_flags(teachers, collect_config)
     summaries = {}
     paths = [str(datasets.dataset_path(FLAGS.datasets_dir, g)) for g in game_names]
     for g, path in zip(game_names, paths):
         s = summaries[g] = collect.build_dataset(
-            teachers[g], path, collect_config, spec, rebuild=FLAGS.rebuild_datasets)
+            teachers[g], path, collect_config, spec, behaviour=behaviours[g],
+            rebuild=FLAGS.rebuild_datasets)
         if s.get("interrupted"):
             print(f"{s['interrupted']}: stopped building {g} after whole episodes "
                   f"({s['num_agent_steps']:,} steps kept in {path}); run the same command "

@@ -25,24 +25,6 @@ from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
 
-def behaviours_from_flags(teachers: dict, config: collect.CollectConfig) -> dict:
-    """Per game, the behaviour policy the flags ask for (a student loaded once)."""
-    if config.behaviour not in ("student", "mixture"):
-        return {g: collect.make_behaviour(config, t) for g, t in teachers.items()}
-    cli.require(cli.FLAGS.student is not None,
-                f"--behaviour={config.behaviour} needs --student=RUN/student.keras (the "
-                "student that acts)")
-    from multidistill import students
-
-    student = students.load_student(cli.FLAGS.student)
-    missing = [g for g in teachers if g not in student.games]
-    cli.require(not missing, f"--student {cli.FLAGS.student} has no head for {missing}: it "
-                             f"was trained on {student.games}")
-    sha = teachers_lib.sha256_of(cli.FLAGS.student)
-    return {g: collect.make_behaviour(config, t, students.head_predictor(student, g), sha)
-            for g, t in teachers.items()}
-
-
 def main(argv):
     del argv
     flags_ = cli.FLAGS
@@ -54,7 +36,7 @@ def main(argv):
                 for g in game_names}
     collect.check_existing(teachers, flags_.datasets_dir, preprocessing,
                            flags_.rebuild_datasets)
-    behaviours = behaviours_from_flags(teachers, config)
+    behaviours = cli.behaviours_from_flags(teachers, config)
     for g in game_names:
         s = collect.build_dataset(teachers[g], datasets.dataset_path(flags_.datasets_dir, g),
                                   config, preprocessing, behaviour=behaviours[g],

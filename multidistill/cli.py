@@ -176,6 +176,26 @@ def collect_config_from_flags():
         seed=FLAGS.seed), ("num_agent_steps", "behaviour", "beta", "epsilon", "num_envs"))
 
 
+def behaviours_from_flags(teachers: dict, config) -> dict:
+    """Per game, the behaviour policy of `config` (a `collect.CollectConfig`);
+    the --student file is loaded once for all games."""
+    from multidistill import collect, students
+    from multidistill import teachers as teachers_lib
+
+    if config.behaviour not in ("student", "mixture"):
+        return {g: collect.make_behaviour(config, t) for g, t in teachers.items()}
+    require(FLAGS.student is not None,
+            f"--behaviour={config.behaviour} needs --student=RUN/student.keras (the student "
+            "that acts)")
+    student = students.load_student(FLAGS.student)
+    missing = [g for g in teachers if g not in student.games]
+    require(not missing, f"--student {FLAGS.student} has no head for {missing}: it was "
+                         f"trained on {student.games}")
+    sha = teachers_lib.sha256_of(FLAGS.student)
+    return {g: collect.make_behaviour(config, t, students.head_predictor(student, g), sha)
+            for g, t in teachers.items()}
+
+
 # -- distillation (train.py) ----------------------------------------------------
 
 
