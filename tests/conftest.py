@@ -50,18 +50,19 @@ def teachers_dir(tmp_path_factory, spec):
 @pytest.fixture(scope="session")
 def datasets_dir(tmp_path_factory, teachers_dir, spec):
     """Real datasets recorded by the tiny teachers (about 600 steps a game)."""
-    from multidistill import build_datasets, teachers
+    from multidistill import collect, teachers
 
     d = tmp_path_factory.mktemp("datasets")
-    config = build_datasets.BuildConfig(num_agent_steps=500, num_envs=2, seed=3)
+    config = collect.CollectConfig(num_agent_steps=500, num_envs=2, seed=3)
     for game in ("pong", "freeway"):
         t = teachers.load_teacher(game, teachers_dir, spec)
-        build_datasets.build_dataset(t, d / f"{game}.h5", config, spec, progress=False)
+        collect.build_dataset(t, d / f"{game}.h5", config, spec, progress=False)
     return d
 
 
 def synthetic_episode(t, num_actions=3, feature_dim=5, seed=0, shape=(84, 84)):
-    """An episode of T steps whose frame i is filled with a recognisable value."""
+    """An episode of T steps whose frame i is filled with a recognisable value
+    (every per-step array of schema v2)."""
     rng = np.random.default_rng(seed)
     frames = np.zeros((t,) + shape, np.uint8)
     for i in range(t):
@@ -72,20 +73,30 @@ def synthetic_episode(t, num_actions=3, feature_dim=5, seed=0, shape=(84, 84)):
         "frames": frames,
         "teacher_outputs": rng.normal(size=(t, num_actions)).astype(np.float32),
         "teacher_features": rng.normal(size=(t, feature_dim)).astype(np.float32),
+        "teacher_values": rng.normal(size=t).astype(np.float32),
         "actions": rng.integers(0, num_actions, size=t).astype(np.uint8),
+        "behaviour_log_probs": -rng.uniform(0.0, 3.0, size=t).astype(np.float32),
         "rewards": rng.normal(size=t).astype(np.float32),
         "terminated": terminated,
         "truncated": np.zeros(t, bool),
     }
 
 
-def new_writer(path, spec, game="pong", num_actions=3, feature_dim=5, teacher_sha="a" * 64):
+def new_writer(path, spec, game="pong", num_actions=3, feature_dim=5, teacher_sha="a" * 64,
+               session=True, seed=0):
+    """A writer of a schema-v2 file; with `session`, a teacher session
+    (epsilon 0.05) is started so that episodes can be appended at once."""
     from multidistill import datasets
 
-    return datasets.DatasetWriter(
+    w = datasets.DatasetWriter(
         path, game=game, rom_md5="0" * 32, num_actions=num_actions, feature_dim=feature_dim,
         preprocessing=spec, teacher_sha256=teacher_sha, teacher_kind="q_values",
-        teacher_path="teacher.keras", epsilon=0.05, seed=0)
+        teacher_path="teacher.keras", teacher_value_source="max_q", seed=0)
+    if session:
+        w.start_session(datasets.Session(
+            seed=seed, behaviour="teacher", beta=1.0, epsilon=0.05,
+            behaviour_sha256=teacher_sha, labeller_sha256=teacher_sha))
+    return w
 
 
 def run_cli(args, cwd=None, env=None, timeout=600):
