@@ -106,3 +106,71 @@ def run_cli(args, cwd=None, env=None, timeout=600):
     p = subprocess.run([sys.executable] + args, cwd=cwd or REPO, env=full_env,
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr
+
+
+class FakeAtari:
+    """A stand-in for `ale_py.AtariVectorEnv` (NextStep autoreset): every
+    episode lasts `length` agent steps; frames are random pixels drawn from
+    each environment's reset seed, stacked as ALE stacks them (zeros before
+    an episode's first frame); the reward of a step is the action taken.
+    """
+
+    def __init__(self, num_envs, length, frame_stack=4, shape=(84, 84)):
+        self.num_envs, self.length, self.shape = num_envs, length, shape
+        self.t = np.zeros(num_envs, int)
+        self.stacks = np.zeros((num_envs, frame_stack) + shape, np.uint8)
+        self.actions = None
+        self.closed = False
+
+    def _push(self, i, first):
+        if first:
+            self.stacks[i] = 0
+        self.stacks[i, :-1] = self.stacks[i, 1:]
+        self.stacks[i, -1] = self.rngs[i].integers(0, 256, self.shape, dtype=np.uint8)
+
+    def reset(self, seed):
+        self.rngs = [np.random.default_rng(seed + i) for i in range(self.num_envs)]
+        self.t[:] = 0
+        for i in range(self.num_envs):
+            self._push(i, first=True)
+        return self.stacks.copy(), {}
+
+    def send(self, actions):
+        self.actions = np.asarray(actions)
+
+    def recv(self):
+        ended = np.zeros(self.num_envs, bool)
+        rewards = self.actions.astype(np.float32)
+        for i in range(self.num_envs):
+            if self.t[i] == self.length:  # The step after an end is a reset.
+                self.t[i] = 0
+                rewards[i] = 0.0
+                self._push(i, first=True)
+            else:
+                self.t[i] += 1
+                self._push(i, first=False)
+                ended[i] = self.t[i] == self.length
+        self.actions = None
+        return self.stacks.copy(), rewards, ended, np.zeros_like(ended), {}
+
+    def close(self):
+        self.closed = True
+
+
+def use_fake_atari(monkeypatch, length):
+    """Makes `environments.make_vector_envs` build `FakeAtari` groups of
+    `length`-step episodes; returns the list the groups built are put in."""
+    from multidistill import environments
+
+    built = []
+
+    def make(game, spec, num_envs, num_threads=0, num_groups=0):
+        groups = max(1, min(int(num_groups) or 1, num_envs))
+        sizes = [num_envs // groups + (k < num_envs % groups) for k in range(groups)]
+        envs = [FakeAtari(n, length, spec.frame_stack,
+                          (spec.frame_height, spec.frame_width)) for n in sizes]
+        built.extend(envs)
+        return envs
+
+    monkeypatch.setattr(environments, "make_vector_envs", make)
+    return built
