@@ -1,4 +1,5 @@
-"""Minibatches across games: shares, determinism, held-out split, stacks."""
+"""Batch sources (HDF5Source): shares, determinism, held-out split, stacks,
+requested fields, data prefixes."""
 
 import numpy as np
 import pytest
@@ -23,9 +24,14 @@ def two_games(tmp_path, spec):
 
 def test_equal_shares_padding_and_labels(two_games):
     cfg = pipeline.PipelineConfig(batch_size_per_game=5, block_rows=32, blocks_in_memory=4)
-    s = pipeline.MultiGameSampler(two_games, cfg)
+    s = pipeline.HDF5Source(two_games, cfg, fields=("teacher_outputs", "teacher_features"))
+    assert s.games == ("pong", "freeway") and s.batch_size == 10
+    assert s.num_actions == [6, 3] and s.feature_dims == [5, 2]
     x, y = s.batch(0)
-    assert x["frames"].shape == (10, 4, 84, 84)
+    assert set(x) == {"frames", "game_id"} and set(y) == {"teacher_outputs", "teacher_features"}
+    assert x["frames"].shape == (10, 4, 84, 84) and x["frames"].dtype == np.uint8
+    assert x["game_id"].dtype == np.int32
+    assert y["teacher_features"].shape == (10, 5) and y["teacher_features"].dtype == np.float32
     np.testing.assert_array_equal(np.bincount(x["game_id"]), [5, 5])
     assert y["teacher_outputs"].shape == (10, 6)
     # Freeway rows (3 actions, 2 features) are zero-padded.
@@ -48,7 +54,7 @@ def test_every_sampled_stack_is_the_datasets_own(two_games):
     """Many batches (blocks at the file's start included, episode starts
     zero-filled): each sample equals the reader's stack of its row."""
     cfg = pipeline.PipelineConfig(batch_size_per_game=16, block_rows=16, blocks_in_memory=3)
-    s = pipeline.MultiGameSampler(two_games, cfg)
+    s = pipeline.HDF5Source(two_games, cfg, fields=("teacher_outputs", "actions"))
     truth = []
     for ds in s.datasets:
         blk = ds.read_block(0, ds.num_agent_steps)
@@ -72,8 +78,8 @@ def test_every_sampled_stack_is_the_datasets_own(two_games):
 
 def test_batches_are_a_function_of_seed_and_index(two_games):
     cfg = pipeline.PipelineConfig(batch_size_per_game=4, block_rows=16, blocks_in_memory=3)
-    a = pipeline.MultiGameSampler(two_games, cfg)
-    b = pipeline.MultiGameSampler(two_games, cfg)
+    a = pipeline.HDF5Source(two_games, cfg)
+    b = pipeline.HDF5Source(two_games, cfg)
     seq_a = [a.batch(i)[1]["teacher_outputs"] for i in range(12)]
     # b starts at batch 7, as a resumed run would.
     for i in range(7, 12):
@@ -85,7 +91,14 @@ def test_batches_are_a_function_of_seed_and_index(two_games):
         assert idx == i
         np.testing.assert_array_equal(y["teacher_outputs"], seq_a[i])
     it.close()
-    c = pipeline.MultiGameSampler(two_games, pipeline.PipelineConfig(
+    # So does the iterator `keras.Model.fit` takes.
+    fit = pipeline.fit_batches(a, 10)
+    for i in (10, 11):
+        x, y = next(fit)
+        assert set(x) == {"frames", "game_id"} and set(y) == {"teacher_outputs"}
+        np.testing.assert_array_equal(y["teacher_outputs"], seq_a[i])
+    fit.close()
+    c = pipeline.HDF5Source(two_games, pipeline.PipelineConfig(
         batch_size_per_game=4, block_rows=16, blocks_in_memory=3, seed=1))
     assert not np.array_equal(c.batch(0)[1]["teacher_outputs"], seq_a[0])
 
@@ -93,7 +106,7 @@ def test_batches_are_a_function_of_seed_and_index(two_games):
 def test_heldout_episodes_never_trained_on(two_games):
     cfg = pipeline.PipelineConfig(batch_size_per_game=8, block_rows=16, blocks_in_memory=4,
                                   holdout_fraction=0.2)
-    s = pipeline.MultiGameSampler(two_games, cfg)
+    s = pipeline.HDF5Source(two_games, cfg)
     w = s.windows[0]
     ds = s.datasets[0]
     assert w.train_rows == ds.episode_starts[8]  # 2 of 10 episodes held out.
@@ -111,21 +124,28 @@ def test_heldout_episodes_never_trained_on(two_games):
 def test_game_weights_and_bad_config(two_games):
     cfg = pipeline.PipelineConfig(batch_size_per_game=6, game_weights=(2.0, 1.0),
                                   block_rows=16, blocks_in_memory=2)
-    s = pipeline.MultiGameSampler(two_games, cfg)
+    s = pipeline.HDF5Source(two_games, cfg)
     x, _ = s.batch(3)
     np.testing.assert_array_equal(np.bincount(x["game_id"]), [8, 4])
     with pytest.raises(ValueError, match="batch_size_per_game must be >= 1, found 0"):
         pipeline.PipelineConfig(batch_size_per_game=0)
+    with pytest.raises(ValueError, match="game_weights has 3 entries for 2 games"):
+        pipeline.HDF5Source(two_games, pipeline.PipelineConfig(game_weights=(1.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match=r"unknown batch fields \['q_values'\]"):
+        pipeline.HDF5Source(two_games, cfg, fields=("teacher_outputs", "q_values"))
+    with pytest.raises(ValueError, match="max_episodes has 1 entries for 2 datasets"):
+        pipeline.HDF5Source(two_games, cfg, max_episodes=[3])
 
 
 def test_window_memory_is_bounded(two_games):
     cfg = pipeline.PipelineConfig(batch_size_per_game=4, block_rows=16, blocks_in_memory=3)
-    s = pipeline.MultiGameSampler(two_games, cfg)
+    s = pipeline.HDF5Source(two_games, cfg, fields=("teacher_outputs", "teacher_features"))
     for i in range(50):
         s.batch(i)
     for w in s.windows:  # 3 blocks of 16 rows (+ 3 frames of history), whatever the size.
         assert w._frames.shape == (3, 16 + 3, 84, 84)
-        assert w._features.shape[:2] == w._outputs.shape[:2] == (3, 16)
+        assert set(w._fields) == {"teacher_outputs", "teacher_features"}  # Only those asked.
+        assert all(v.shape[:2] == (3, 16) for v in w._fields.values())
 
 
 def test_damaged_dataset_named_on_read(two_games):
@@ -143,3 +163,63 @@ def test_damaged_dataset_named_on_read(two_games):
     with datasets.Dataset(path) as ds:
         with pytest.raises(datasets.DatasetError, match="pong.h5: reading frames.*damaged"):
             ds.read_block(0, 10)
+
+
+def test_every_field_comes_with_its_row(two_games):
+    """Each requested field, 1-D ones too, belongs to the sample's row."""
+    fields = ("teacher_outputs", "teacher_values", "behaviour_log_probs", "rewards",
+              "terminated", "actions")
+    cfg = pipeline.PipelineConfig(batch_size_per_game=12, block_rows=16, blocks_in_memory=3)
+    s = pipeline.HDF5Source(two_games, cfg, fields=fields)
+    full = [ds.read_block(0, ds.num_agent_steps) for ds in s.datasets]
+    for i in range(5):
+        x, y = s.batch(i)
+        assert set(y) == set(fields)
+        for k in range(len(x["game_id"])):
+            g = int(x["game_id"][k])
+            a = s.num_actions[g]
+            rows = np.flatnonzero((full[g]["teacher_outputs"] == y["teacher_outputs"][k, :a])
+                                  .all(1))
+            assert len(rows) == 1  # Random outputs: one row.
+            r = rows[0]
+            np.testing.assert_array_equal(x["frames"][k], full[g]["observations"][r])
+            for name in fields[1:]:
+                assert y[name][k] == full[g][name][r], name
+    hx, hy = s.holdout(1)
+    assert set(hy) == set(fields) and hy["teacher_values"].shape == hx["game_id"].shape
+    s.close()
+
+
+def test_a_source_on_a_prefix_ignores_later_episodes(two_games, spec):
+    cfg = pipeline.PipelineConfig(batch_size_per_game=6, block_rows=16, blocks_in_memory=3,
+                                  holdout_fraction=0.2)
+    before = pipeline.HDF5Source(two_games, cfg)
+    identity = before.identity()
+    batches = [before.batch(i) for i in range(6)]
+    holdout = before.holdout(0)
+    before.close()
+    assert [d["num_episodes"] for d in identity["datasets"]] == [10, 10]
+    assert identity["datasets"][0]["game"] == "pong"
+    assert identity["datasets"][0]["teacher_sha256"] == "a" * 64
+    assert identity["datasets"][1]["sessions"][0]["behaviour"] == "teacher"
+    # The files grow (a top-up: a new session of longer episodes).
+    for gi, (path, n_actions, n_feat) in enumerate(zip(two_games, (6, 3), (5, 2))):
+        with new_writer(path, spec, game=["pong", "freeway"][gi], num_actions=n_actions,
+                        feature_dim=n_feat, seed=9) as w:
+            for e in range(4):
+                w.append_episode(synthetic_episode(90, n_actions, n_feat, seed=500 + e))
+    grown = pipeline.HDF5Source(two_games, cfg)
+    assert [d["num_episodes"] for d in grown.identity()["datasets"]] == [14, 14]
+    assert not np.array_equal(grown.batch(0)[1]["teacher_outputs"],
+                              batches[0][1]["teacher_outputs"])
+    grown.close()
+    prefix = pipeline.HDF5Source(two_games, cfg, max_episodes=[10, 10])
+    assert prefix.identity() == identity
+    for i, (x, y) in enumerate(batches):
+        px, py = prefix.batch(i)
+        np.testing.assert_array_equal(px["frames"], x["frames"])
+        np.testing.assert_array_equal(py["teacher_outputs"], y["teacher_outputs"])
+    np.testing.assert_array_equal(prefix.holdout(0)[1]["teacher_outputs"],
+                                  holdout[1]["teacher_outputs"])
+    prefix.close()
+
