@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from multidistill import losses, networks
+from multidistill import losses, networks, objectives
 
 
 def _student(**kw):
@@ -20,7 +20,7 @@ def _batch(n=4):
 
 
 def test_forward_shapes_and_masked_actions():
-    s = _student(feature_beta=0.01)
+    s = _student(feature_projections=True)
     out = s(_batch())
     logits = np.asarray(out["logits"])
     assert logits.shape == (4, 6)
@@ -30,6 +30,32 @@ def test_forward_shapes_and_masked_actions():
     assert (logits[[0, 2]] > networks.MASKED_LOGIT / 2).all()
     # Freeway's feature projection is 8 wide: padding stays zero.
     assert (np.asarray(out["features"])[[1, 3], 8:] == 0).all()
+    assert (np.asarray(out["features"])[[0, 2]] != 0).any()
+    np.testing.assert_array_equal(np.asarray(s.action_mask(np.array([1, 0]))),
+                                  [[1, 1, 1, 0, 0, 0], [1] * 6])
+    np.testing.assert_array_equal(np.asarray(s.feature_mask(np.array([1])))[0],
+                                  [1] * 8 + [0] * 8)
+
+
+def test_without_feature_projections_features_are_zeros_and_weightless():
+    s = _student()
+    with_projections = _student(feature_projections=True)
+    assert s.feature_projections == [] and not s.feature_projections_enabled
+    assert with_projections.count_params() - s.count_params() == (32 * 16 + 16) + (32 * 8 + 8)
+    out = s(_batch())
+    assert np.asarray(out["features"]).shape == (4, 16)
+    assert (np.asarray(out["features"]) == 0).all()
+
+
+def test_legacy_loss_settings_are_accepted_and_dropped():
+    """Students saved before objectives carry loss, temperatures and
+    feature_beta in their config; feature_beta > 0 meant projections."""
+    s = _student(loss="nll", temperatures=[0.5, 2.0], feature_beta=0.01)
+    assert s.feature_projections_enabled and s.objective is None
+    config = s.get_config()
+    assert not {"loss", "temperatures", "feature_beta"} & set(config)
+    assert config["feature_projections"] is True
+    assert not _student(feature_beta=0.0).feature_projections_enabled
 
 
 def test_policy_network_equals_head_of_full_model():
@@ -45,7 +71,7 @@ def test_policy_network_equals_head_of_full_model():
 
 
 def test_compute_loss_is_kl_with_per_game_temperature():
-    s = _student(temperatures=[0.5, 2.0])
+    s = _student(objective=objectives.Distillation(temperatures=(0.5, 2.0)))
     x = _batch()
     rng = np.random.default_rng(1)
     y = {"teacher_outputs": rng.normal(size=(4, 6)).astype(np.float32),
@@ -60,6 +86,15 @@ def test_compute_loss_is_kl_with_per_game_temperature():
         rows.append(float(np.asarray(losses.kl(y["teacher_outputs"][i:i + 1, :a],
                                                logits[i:i + 1, :a], temperature=tau))))
     assert got == pytest.approx(np.mean(rows), rel=1e-4)
+    # The objective attached is the one used: another one, another loss.
+    s.objective = objectives.Distillation(policy_loss="mse", temperatures=(0.5, 2.0))
+    mse = float(np.asarray(s.compute_loss(x, y, pred)))
+    expected = np.mean([np.sum((y["teacher_outputs"][i, :a] - logits[i, :a]) ** 2)
+                        for i, a in enumerate([6, 3, 6, 3])])
+    assert mse == pytest.approx(expected, rel=1e-4)
+    s.objective = None
+    with pytest.raises(ValueError, match="this student has no objective to train on"):
+        s.compute_loss(x, y, pred)
 
 
 def test_compressed_sizes_parameter_counts():
@@ -78,31 +113,39 @@ def test_compressed_sizes_parameter_counts():
 
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="temperatures must be > 0"):
-        networks.MultiTaskStudent(["pong"], [6], temperatures=[0.0])
-    with pytest.raises(ValueError, match="loss 'hinge' is unknown"):
-        networks.MultiTaskStudent(["pong"], [6], loss="hinge")
+        objectives.Distillation(temperatures=(0.0,))
+    with pytest.raises(ValueError, match="policy_loss must be one of .* found 'hinge'"):
+        objectives.Distillation(policy_loss="hinge")
+    with pytest.raises(ValueError, match="num_actions has 1 entries for 2 games"):
+        networks.MultiTaskStudent(["pong", "freeway"], [6])
 
 
 def test_save_and_load_round_trip(tmp_path):
     import keras
 
-    s = _student(feature_beta=0.01, preprocessing={"frame_skip": 4},
-                 training_config={"note": "x"})
+    s = _student(feature_projections=True, preprocessing={"frame_skip": 4},
+                 training_config={"note": "x"},
+                 objective=objectives.Distillation(temperatures=(1.0, 1.0)))
     path = tmp_path / "student.keras"
     s.save(path)
     loaded = keras.saving.load_model(path, compile=False)
     assert loaded.games == ["pong", "freeway"]
     assert loaded.num_actions == [6, 3]
     assert loaded.preprocessing == {"frame_skip": 4}
+    assert loaded.training_config == {"note": "x"} and loaded.feature_dims == [16, 8]
+    assert loaded.feature_projections_enabled
+    assert loaded.objective is None  # The objective is not part of the file.
     x = _batch()
     np.testing.assert_allclose(np.asarray(s(x)["logits"]), np.asarray(loaded(x)["logits"]),
                                rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s(x)["features"]),
+                               np.asarray(loaded(x)["features"]), rtol=1e-5, atol=1e-5)
 
 
 def test_mixed_bfloat16_trunk_with_float32_heads_and_round_trip(tmp_path):
     import keras
 
-    s = _student(precision="mixed_bfloat16", feature_beta=0.01)
+    s = _student(precision="mixed_bfloat16", feature_projections=True)
     assert {layer.compute_dtype for layer in s.trunk} == {"bfloat16"}
     assert all(layer.compute_dtype == "float32" for layer in s.game_heads + s.game_hidden)
     x = _batch()
@@ -110,7 +153,7 @@ def test_mixed_bfloat16_trunk_with_float32_heads_and_round_trip(tmp_path):
     assert np.asarray(out["logits"]).dtype == np.float32
     assert (np.asarray(out["logits"])[[1, 3], 3:] == networks.MASKED_LOGIT).all()
     # Same weights in float32: the outputs agree to bfloat16's precision.
-    f32 = _student(feature_beta=0.01)
+    f32 = _student(feature_projections=True)
     f32.set_weights(s.get_weights())
     np.testing.assert_allclose(np.asarray(out["logits"])[[0, 2]],
                                np.asarray(f32(x)["logits"])[[0, 2]], atol=0.02)
