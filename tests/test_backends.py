@@ -12,7 +12,7 @@ import re
 import pytest
 from conftest import REPO, run_cli
 
-FILES = ("tests/test_losses.py", "tests/test_networks.py")
+FILES = ("tests/test_losses.py", "tests/test_objectives.py", "tests/test_networks.py")
 
 
 def _count_tests(path):
