@@ -1,10 +1,22 @@
-"""The teacher trainer's command line: a tiny real run, resume, bad input."""
+"""The teacher trainer's command line: tiny real runs, resume, SIGTERM, bad input.
+
+Every test here starts `python -m multidistill.train_teacher` (seconds to
+a minute each): all are marked slow.
+"""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
-from conftest import SPEC_KW, run_cli
+import pytest
+from conftest import REPO, SPEC_KW, run_cli
 
-from multidistill import environments, teachers
+from multidistill import checkpoints, environments, teachers
+
+pytestmark = pytest.mark.slow
 
 FRAMES = f"--max_episode_frames={SPEC_KW['max_episode_frames']}"
 
@@ -22,18 +34,24 @@ def test_tiny_run_writes_a_loadable_teacher_and_resumes(tmp_path):
     spec = environments.Preprocessing(**SPEC_KW)
     t = teachers.load_teacher("pong", tmp_path / "teachers", spec)
     assert t.kind == "logits" and t.num_actions == 6
+    assert len(t.model.outputs) == 2 and t.card["value"] == "output"  # With its critic.
     card = t.card
     assert card["training"]["algorithm"] == "ppo"
-    assert card["training"]["num_env_frames"] == 4096
+    # PPO's first iteration: a rollout of 128 vector steps of 8 environments
+    # and the step that closes it, 129 * 8 * 4 = 4,128 frames.
+    assert card["training"]["num_env_frames"] == 4128
+    assert card["training"]["algo_state"] == {"agent_steps": 1032, "gradient_steps": 16}
+    assert card["training"]["config"]["behaviour_epsilon"] == 0.05
     assert card["evaluation"]["episodes"] == 1 and "mean" in card["evaluation"]
     assert (tmp_path / "ck" / "learning_curve.png").exists()
     # The same command with a larger budget continues the counters.
     rc, out = run_cli(_args(tmp_path)[:-6] + ["--num_env_frames=8192"] + _args(tmp_path)[-5:])
     assert rc == 0, out
-    assert "resuming" in out and "4,096 frames" in out
+    assert "resuming" in out and "4,128 frames" in out
     rows = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().split("\n")
             if x]
-    assert max(r["step"] for r in rows) == 8192
+    # A resumed PPO run's first rollout also takes the step that closes it.
+    assert max(r["step"] for r in rows) == 4128 + 4128
 
     # A checkpoint of another game or preprocessing is refused.
     rc, out = run_cli(_args(tmp_path, "freeway"))
@@ -53,25 +71,53 @@ def test_unknown_game_and_unwritable_output(tmp_path):
     assert rc == 2 and "is not writable" in out and "Traceback" not in out, out
 
 
-def test_behaviour_epsilon_out_of_range_is_refused(tmp_path):
-    rc, out = run_cli(_args(tmp_path, "pong", "--behaviour_epsilon=1.5"))
-    assert rc == 2 and "--behaviour_epsilon must be in [0, 1), found 1.5" in out, out
+def test_out_of_range_flags_are_refused_by_name(tmp_path):
+    for extra, message in [
+            ("--behaviour_epsilon=1.5", "--behaviour_epsilon must be in [0, 1), found 1.5"),
+            ("--epsilon_end=1.5", "--epsilon_end must be in [0, 1], found 1.5"),
+            ("--num_env_frames=0", "--num_env_frames must be >= 1, found 0")]:
+        rc, out = run_cli(_args(tmp_path, "pong", extra))
+        assert rc == 2 and message in out and "Traceback" not in out, (extra, out)
     assert not (tmp_path / "ck").exists()
 
 
-def test_ez_mu_out_of_range_is_refused(tmp_path):
+def test_epsilon_end_reaches_the_dqn_config(tmp_path):
     args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path)]
-    rc, out = run_cli(args + ["--ez_mu=0.5"])
-    assert rc == 2 and "--ez_mu must be 0 (plain epsilon-greedy) or > 1, found 0.5" in out, out
-
-
-def test_epsilon_end_reaches_the_dqn_config_and_bad_values_are_refused(tmp_path):
-    args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path)]
-    rc, out = run_cli(args + ["--epsilon_end=1.5"])
-    assert rc == 2 and "--epsilon_end must be in [0, 1], found 1.5" in out, out
-    assert not (tmp_path / "ck").exists()
     rc, out = run_cli(args + ["--num_env_frames=512", "--epsilon_end=0.2"])
     assert rc == 0, out
     card = json.loads((tmp_path / "teachers" / "pong.json").read_text())
-    assert card["kind"] == "q_values"
+    assert card["kind"] == "q_values" and card["value"] == "max_q"
     assert card["training"]["config"]["epsilon_end"] == 0.2
+    # One iteration of 128 vector steps of 8 environments, all warm-up.
+    assert card["training"]["algo_state"] == {"agent_steps": 1024, "gradient_steps": 0,
+                                              "update_credit": 0.0}
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """DQN in its warm-up (random actions, no network calls): iterations of
+    1,024 agent steps, a second or two each."""
+    args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path)]
+    args = [a for a in args if not a.startswith("--num_env_frames")]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable] + args + ["--num_env_frames=100000000"], cwd=REPO,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "ck" / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.exists() and metrics.read_text().strip()):  # An iteration is done.
+        assert p.poll() is None and time.time() - t0 < 180, p.communicate()[0]
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    steps = checkpoints.read_state(tmp_path / "ck" / "checkpoint.npz")["algo_state"][
+        "agent_steps"]
+    assert steps > 0 and steps % 1024 == 0  # At the end of an iteration.
+    assert (f"SIGTERM: checkpoint saved at {steps * 4:,} frames in {tmp_path / 'ck'}"
+            in out), out
+    assert "run the same command to resume" in out
+    rc, out = run_cli(args + [f"--num_env_frames={steps * 4 + 4096}",
+                              "--final_eval_episodes=0"])
+    assert rc == 0, out
+    assert f"resuming {tmp_path / 'ck' / 'checkpoint.npz'} at {steps * 4:,} frames" in out
+    state = checkpoints.read_state(tmp_path / "ck" / "checkpoint.npz")
+    assert state["algo_state"]["agent_steps"] == steps + 1024
