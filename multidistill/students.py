@@ -143,6 +143,8 @@ def export_head(student: networks.MultiTaskStudent, game: str,
     """
     from multidistill import environments
 
+    if game not in student.games:
+        raise ValueError(f"the student has no head for {game!r}: it has {student.games}")
     kinds = dict(zip(student.games, student.training_config.get("teacher_kinds")
                      or ["q_values"] * len(student.games)))
     kind = kind or kinds[game]
