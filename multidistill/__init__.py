@@ -17,7 +17,7 @@ The pipeline, one flat module per role, in the order data flows:
     distiller      training the multi-task student (checkpoints, resume)
     students       loading, saving, trunk transfer, exporting a head
     evaluation     student and teachers under one protocol, reports
-    agents/        teacher training (DQN, PPO)
+    agents/        teacher training: DQN, PPO, their loop and runner
 
 `import multidistill` and the modules that need no network
 (`datasets`, `games`, `environments`, `collect`'s callers' data side) load
