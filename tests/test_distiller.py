@@ -1,28 +1,42 @@
 """Training the student: learning, checkpoints, resume, refusals."""
 
-import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
+from conftest import use_fake_atari
 
-from multidistill import checkpoints, distiller, pipeline
+from multidistill import checkpoints, collect, distiller, objectives, pipeline, students, teachers
 
 
-def _config(**kw):
-    base = dict(games=("pong", "freeway"), temperatures=(0.01, 1.0), student_size="net3",
-                head_units=16, num_grad_steps=20, checkpoint_every_steps=10,
-                eval_every_steps=10, learning_rate=1e-3,
+def _config(loss="kl", temperatures=(0.01, 1.0), feature_beta=0.0, **kw):
+    base = dict(games=("pong", "freeway"),
+                objective=objectives.Distillation(policy_loss=loss, temperatures=temperatures,
+                                                  feature_beta=feature_beta),
+                student_size="net3", head_units=16, num_grad_steps=20,
+                checkpoint_every_steps=10, eval_every_steps=10, learning_rate=1e-3,
                 pipeline=pipeline.PipelineConfig(batch_size_per_game=8, block_rows=64,
                                                  blocks_in_memory=4))
     base.update(kw)
     return distiller.DistillConfig(**base)
 
 
-def _distiller(run_dir, datasets_dir, spec, config):
+def _source(run_dir, datasets_dir, config, prefix=True):
+    """The HDF5 source of a run: on the data prefix the run started from."""
     paths = [str(datasets_dir / f"{g}.h5") for g in config.games]
-    return distiller.Distiller(run_dir, config, paths, spec,
-                               teacher_kinds=["q_values", "logits"])
+    return pipeline.HDF5Source(paths, config.pipeline, fields=config.objective.fields,
+                               max_episodes=distiller.data_prefix(run_dir) if prefix else None)
+
+
+def _distiller(run_dir, datasets_dir, spec, config, prefix=True):
+    source = _source(run_dir, datasets_dir, config, prefix)
+    try:
+        return distiller.Distiller(run_dir, config, source, spec,
+                                   teacher_kinds=["q_values", "logits"])
+    except BaseException:
+        source.close()
+        raise
 
 
 def _metric(run_dir, tag):
@@ -30,21 +44,30 @@ def _metric(run_dir, tag):
     return [(r["step"], r[tag]) for r in rows if tag in r]
 
 
+@pytest.mark.slow
 def test_training_lowers_heldout_kl_and_writes_outputs(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=60))
+    assert d.student.objective == d.config.objective  # What compute_loss uses.
     summary = d.train(progress=False)
+    x, _ = d.source.holdout(1)
+    trained = np.asarray(d.student.predict_on_batch(x)["logits"])
     d.close()
-    assert summary["grad_steps"] == 60
+    assert summary["grad_steps"] == 60 and summary["trained_steps"] == 60
     kl = _metric(tmp_path / "run", "heldout/kl/freeway")
     assert kl[0][0] == 0 and kl[-1][0] == 60
     assert kl[-1][1] < kl[0][1]
     for name in ("student.keras", "checkpoint.npz", "metrics.jsonl", "curves.png"):
         assert (tmp_path / "run" / name).exists()
-    student = distiller.load_student(tmp_path / "run" / "student.keras")
+    student = students.load_student(tmp_path / "run" / "student.keras")
     assert student.games == ["pong", "freeway"] and student.num_actions == [6, 3]
     assert student.training_config["teacher_kinds"] == ["q_values", "logits"]
+    assert student.training_config["objective"]["temperatures"] == [0.01, 1.0]
+    # The saved student is the trained one.
+    np.testing.assert_allclose(np.asarray(student.predict_on_batch(x)["logits"]), trained,
+                               rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(tmp_path, datasets_dir, spec):
     straight = _distiller(tmp_path / "a", datasets_dir, spec, _config())
     straight.train(progress=False)
@@ -64,6 +87,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, datasets_dir, spec):
     resumed.close()
 
 
+@pytest.mark.slow
 def test_resume_with_game_weights(tmp_path, datasets_dir, spec):
     cfg = dict(pipeline=pipeline.PipelineConfig(batch_size_per_game=4, game_weights=(2.0, 1.0),
                                                 block_rows=64, blocks_in_memory=4))
@@ -75,6 +99,7 @@ def test_resume_with_game_weights(tmp_path, datasets_dir, spec):
     d.close()
 
 
+@pytest.mark.slow
 def test_a_run_resumes_in_the_other_precision(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec,
                    _config(num_grad_steps=10, precision="mixed_bfloat16"))
@@ -91,13 +116,24 @@ def test_a_run_resumes_in_the_other_precision(tmp_path, datasets_dir, spec):
     assert "precision" not in saved["identity"]["config"]
 
 
+@pytest.mark.slow
 def test_run_dir_of_another_run_is_refused(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=1))
     d.close()
-    with pytest.raises(distiller.TrainingError, match="other settings.*use another --run_dir"):
+    with pytest.raises(distiller.TrainingError,
+                       match=r"other settings.*differs in: config\).*use another --run_dir"):
         _distiller(tmp_path / "run", datasets_dir, spec, _config(loss="nll"))
+    with pytest.raises(distiller.TrainingError, match=r"differs in: config\)"):
+        _distiller(tmp_path / "run", datasets_dir, spec, _config(temperatures=(0.01, 0.5)))
+    swapped = _config(games=("freeway", "pong"), temperatures=(1.0, 0.01))
+    source = _source(tmp_path / "other", datasets_dir, _config())
+    with pytest.raises(distiller.TrainingError, match="the batch source serves the games "
+                                                      r"\['pong', 'freeway'\], the run trains"):
+        distiller.Distiller(tmp_path / "other", swapped, source, spec, ["logits", "q_values"])
+    source.close()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=10))
     d.train(progress=False)
@@ -119,8 +155,89 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, datasets_dir, spec):
 def test_config_validation():
     with pytest.raises(ValueError, match="temperatures must be > 0"):
         _config(temperatures=(0.01, -1.0))
+    with pytest.raises(ValueError, match="temperatures has 1 values for 2 games"):
+        _config(temperatures=(0.01,))
     with pytest.raises(ValueError, match="student_size must be one of"):
         _config(student_size="huge")
     with pytest.raises(ValueError, match="precision must be one of .* found 'half'"):
         _config(precision="half")
-    assert dataclasses.asdict(_config())["loss"] == "kl"
+    # The objective given is the one recorded (not a default).
+    d = _config(loss="nll", feature_beta=0.5).to_dict()
+    assert d["objective"] == {"name": "distillation", "policy_loss": "nll",
+                              "temperatures": [0.01, 1.0], "feature_beta": 0.5,
+                              "policy_weight": 1.0}
+    assert _config().to_dict()["objective"]["policy_loss"] == "kl"
+    identity = _config(num_grad_steps=5, precision="mixed_bfloat16").identity()
+    assert identity == _config(num_grad_steps=7).identity()  # Budget and precision aside.
+    assert identity != _config(loss="mse").identity()
+
+
+@pytest.mark.slow
+def test_the_run_records_its_objective_and_data(tmp_path, datasets_dir, spec):
+    config = _config(loss="nll", feature_beta=0.01, num_grad_steps=2)
+    d = _distiller(tmp_path / "run", datasets_dir, spec, config)
+    assert d.source.fields == ("teacher_outputs", "teacher_features")
+    assert d.student.objective == config.objective
+    assert d.student.feature_projections_enabled  # feature_beta > 0 needs them.
+    d.train(progress=False)
+    d.close()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["objective"]["policy_loss"] == "nll"
+    assert saved["identity"]["config"]["objective"]["feature_beta"] == 0.01
+    data = saved["identity"]["data"]["datasets"]
+    assert [x["game"] for x in data] == ["pong", "freeway"]
+    assert distiller.data_prefix(tmp_path / "run") == [x["num_episodes"] for x in data]
+    assert distiller.data_prefix(tmp_path / "nothing") is None
+    loaded = students.load_student(tmp_path / "run" / "student.keras")
+    assert loaded.training_config["objective"]["policy_loss"] == "nll"
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_the_prefix_it_started_from(tmp_path, datasets_dir, teachers_dir,
+                                                      spec, monkeypatch):
+    """The dataset grows (a top-up) between the start and the resume: the
+    resumed run sees exactly the batches of the data it started from."""
+    data = tmp_path / "data"
+    shutil.copytree(datasets_dir, data)
+    straight = _distiller(tmp_path / "a", data, spec, _config())
+    straight.train(progress=False)
+    w_straight = [np.asarray(v) for v in straight.student.weights]
+    straight_batches = [straight.source.batch(i) for i in range(10, 20)]
+    straight.close()
+
+    first = _distiller(tmp_path / "b", data, spec, _config(num_grad_steps=10))
+    first.train(progress=False)
+    first.close()
+    prefix = distiller.data_prefix(tmp_path / "b")
+
+    # The pong dataset grows by a second session.
+    use_fake_atari(monkeypatch, length=50)
+    teacher = teachers.load_teacher("pong", teachers_dir, spec)
+    grown = collect.build_dataset(
+        teacher, data / "pong.h5",
+        collect.CollectConfig(num_agent_steps=prefix_steps(data / "pong.h5") + 200,
+                              num_envs=2), spec, progress=False)
+    assert grown["num_episodes"] > prefix[0]
+
+    # Opened on the whole file, the run is refused: its data differ.
+    with pytest.raises(distiller.TrainingError, match=r"differs in: data\)"):
+        _distiller(tmp_path / "b", data, spec, _config(), prefix=False)
+    resumed = _distiller(tmp_path / "b", data, spec, _config())
+    assert resumed.grad_step == 10
+    assert [x["num_episodes"] for x in resumed.source.identity()["datasets"]] == prefix
+    for i, (x, y) in enumerate(straight_batches, start=10):
+        rx, ry = resumed.source.batch(i)
+        np.testing.assert_array_equal(rx["frames"], x["frames"])
+        np.testing.assert_array_equal(ry["teacher_outputs"], y["teacher_outputs"])
+    resumed.train(progress=False)
+    assert resumed.grad_step == 20
+    for a, b in zip(w_straight, resumed.student.weights):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
+    resumed.close()
+
+
+def prefix_steps(path):
+    from multidistill import datasets
+
+    with datasets.Dataset(path) as ds:
+        return ds.num_agent_steps
