@@ -14,11 +14,26 @@ def test_round_trip_and_labels(tmp_path, spec):
     model = make_teacher(tmp_path, "pong", "q_values", spec)
     t = teachers.load_teacher("pong", tmp_path, spec)
     assert t.kind == "q_values" and t.num_actions == 6 and t.feature_dim == 16
+    assert t.value_source == "max_q" and t.policy_model is t.model
     obs = np.random.default_rng(0).integers(0, 255, (3,) + spec.observation_shape, np.uint8)
-    outputs, features = t.label(obs)
+    labels = t.label(obs)
+    assert set(labels) == {"outputs", "features", "values"}
+    outputs, features = labels["outputs"], labels["features"]
     np.testing.assert_allclose(outputs, np.asarray(model(obs)), rtol=1e-5, atol=1e-5)
     assert features.shape == (3, 16) and (features >= 0).all()  # ReLU layer.
-    assert t.sha256 == json.loads((tmp_path / "pong.json").read_text())["keras_sha256"]
+    # A Q-value teacher's state value is max_a Q.
+    np.testing.assert_array_equal(labels["values"], outputs.max(1))
+    assert all(v.dtype == np.float32 for v in labels.values())
+    card = json.loads((tmp_path / "pong.json").read_text())
+    assert t.sha256 == card["keras_sha256"] and card["value"] == "max_q"
+
+
+def test_logits_teacher_has_no_value(tmp_path, spec):
+    make_teacher(tmp_path, "freeway", "logits", spec)
+    t = teachers.load_teacher("freeway", tmp_path, spec)
+    assert t.value_source == "none" and t.card["value"] == "none"
+    labels = t.label(np.zeros((2,) + spec.observation_shape, np.uint8))
+    assert labels["values"].shape == (2,) and np.isnan(labels["values"]).all()
 
 
 def test_missing_teacher_says_where_and_how(tmp_path, spec):
@@ -90,11 +105,36 @@ def test_acting_rules():
     assert 0.15 < np.mean(a != 1) < 0.25  # 0.3 * 2/3 = 0.2
 
 
-def test_teacher_with_two_outputs_refused(tmp_path, spec):
+def test_teacher_with_a_value_output(tmp_path, spec):
     model = networks.build_teacher_network(6, spec.observation_shape, (4, 4, 4), 8,
                                            with_value=True)
-    model.save(tmp_path / "pong.keras")
+    teachers.save_teacher(model, "pong", "logits", spec, tmp_path)
+    t = teachers.load_teacher("pong", tmp_path, spec)
+    assert t.card["value"] == "output" and t.value_source == "output"
+    assert t.num_actions == 6 and t.feature_dim == 8
+    obs = np.random.default_rng(2).integers(0, 255, (3,) + spec.observation_shape, np.uint8)
+    logits, value = (np.asarray(v) for v in model(obs))
+    labels = t.label(obs)
+    np.testing.assert_allclose(labels["outputs"], logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(labels["values"], value[:, 0], rtol=1e-5, atol=1e-5)
+    assert labels["values"].shape == (3,)
+    # The policy alone (evaluation, acting): one output, the same weights.
+    policy = t.policy_model
+    assert len(policy.outputs) == 1
+    np.testing.assert_allclose(np.asarray(policy(obs)), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_with_other_outputs_refused(tmp_path, spec):
+    inp = keras.Input(spec.observation_shape, dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.Dense(8, name="features")(x)
+    two = keras.Model(inp, [keras.layers.Dense(6)(x), keras.layers.Dense(3)(x)])
+    with pytest.raises(teachers.TeacherError,
+                       match=r"has 2 outputs of shapes \[\(6,\), \(3,\)\], expected one"):
+        teachers.save_teacher(two, "pong", "logits", spec, tmp_path)
+    assert not (tmp_path / "pong.keras").exists()
+    two.save(tmp_path / "pong.keras")
     teachers.write_card(tmp_path / "pong.json", {
         "game": "pong", "kind": "logits", "preprocessing": spec.to_dict()})
-    with pytest.raises(teachers.TeacherError, match="has 2 outputs, expected one"):
+    with pytest.raises(teachers.TeacherError, match="has 2 outputs of shapes"):
         teachers.load_teacher("pong", tmp_path, spec)
