@@ -7,9 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO, SPEC_KW, run_cli
 
 from multidistill import datasets
+
+# Entry points in subprocesses, on real games.
+pytestmark = pytest.mark.slow
 
 
 def _start(args):
@@ -47,7 +51,9 @@ def test_builder_sigterm_keeps_whole_episodes_and_resumes(tmp_path, teachers_dir
     assert rc == 0, out
     with datasets.Dataset(path) as ds:
         assert ds.num_agent_steps == n + 300
-        assert len(ds.build_seeds) == 2
+        sessions = ds.sessions
+        assert [(s.step_start, s.step_stop) for s in sessions] == [(0, n), (n, n + 300)]
+        assert len({s.seed for s in sessions}) == 2
 
 
 def test_trainer_sigterm_saves_checkpoint_and_resumes(tmp_path, teachers_dir, datasets_dir):
@@ -79,7 +85,7 @@ def test_trainer_sigkill_at_random_points_then_rerun_completes(tmp_path, teacher
                                                                 datasets_dir):
     import numpy as np
 
-    from multidistill import checkpoints, distiller
+    from multidistill import checkpoints, students
 
     rng = np.random.default_rng(7)
     run = tmp_path / "run"
@@ -99,7 +105,7 @@ def test_trainer_sigkill_at_random_points_then_rerun_completes(tmp_path, teacher
         # Whatever moment the kill hit, the checkpoint in place is whole.
         steps_seen.append(checkpoints.read_state(run / "checkpoint.npz")["grad_step"])
         assert steps_seen[-1] % 7 == 0
-        distiller.load_student(run / "student.keras")
+        students.load_student(run / "student.keras")
     assert steps_seen == sorted(steps_seen)
     final = steps_seen[-1] + 10
     rc, out = run_cli(args[:-1] + [f"--num_grad_steps={final}"])
@@ -126,14 +132,16 @@ def test_builder_sigkill_at_random_points_then_rerun_completes(tmp_path, teacher
             assert ds.num_agent_steps % 300 == 0
             ds.read_block(0, ds.num_agent_steps)
     with datasets.Dataset(path) as ds:
-        before, seeds = ds.num_agent_steps, ds.build_seeds
+        before, seeds = ds.num_agent_steps, [s.seed for s in ds.sessions]
     target = before + 1200
     rc, out = run_cli(args[:5] + [f"--num_agent_steps={target}"] + args[6:])
     assert rc == 0, out
     with datasets.Dataset(path) as ds:
         assert target <= ds.num_agent_steps <= target + 300  # + an episode under way
-        new_seeds = ds.build_seeds
+        new_seeds = [s.seed for s in ds.sessions]
         assert len(new_seeds) == len(seeds) + 1 and len(set(new_seeds)) == len(new_seeds)
+        assert ds.sessions[-1].step_start == before
+        assert ds.sessions[-1].step_stop == ds.num_agent_steps
         # No episode recorded twice. Frames alone do not tell episodes apart:
         # this tiny teacher pins Pong's paddle, so two episodes with the same
         # no-op start can render the same frames (41 episodes of one build
