@@ -54,7 +54,9 @@ def test_stack_frames_never_crosses_episode_start():
     frames = np.arange(1, 7, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
     # Two episodes: steps 0-3 and 4-5.
     offsets = np.array([0, 1, 2, 3, 0, 1])
-    obs = environments.stack_frames(frames, offsets, 4)
+    before = frames.copy()
+    obs = environments.stack_frames(frames, np.arange(6), offsets, 4)
+    np.testing.assert_array_equal(frames, before)  # The input is left alone.
     firsts = obs[:, :, 0, 0]
     expected = np.array([
         [0, 0, 0, 1],
@@ -65,6 +67,23 @@ def test_stack_frames_never_crosses_episode_start():
         [0, 0, 5, 6],
     ])
     np.testing.assert_array_equal(firsts, expected)
+    # Some rows only, in any order.
+    some = environments.stack_frames(frames, np.array([5, 2]), offsets[[5, 2]], 4)
+    np.testing.assert_array_equal(some[:, :, 0, 0], expected[[5, 2]])
+
+
+def test_stack_frames_with_a_stride_and_wrapping():
+    # Two interleaved streams, a (1, 2, 3, ...) and b (101, 102, ...): a_k at 2k, b_k at 2k+1.
+    frames = np.zeros((10, 1, 1), np.uint8)
+    frames[0::2, 0, 0] = np.arange(1, 6)
+    frames[1::2, 0, 0] = np.arange(101, 106)
+    obs = environments.stack_frames(frames, np.array([8, 5, 3]), np.array([4, 2, 0]), 3,
+                                    stride=2)
+    np.testing.assert_array_equal(obs[:, :, 0, 0], [[3, 4, 5], [101, 102, 103], [0, 0, 102]])
+    # A circular memory of 5 frames: row 1's history wraps to rows 4, 3, ...
+    ring = np.array([6, 7, 3, 4, 5], np.uint8)[:, None, None]
+    obs = environments.stack_frames(ring, np.array([1, 1]), np.array([4, 2]), 4)
+    np.testing.assert_array_equal(obs[:, :, 0, 0], [[4, 5, 6, 7], [0, 5, 6, 7]])
 
 
 def test_vector_env_matches_spec():

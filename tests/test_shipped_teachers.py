@@ -22,8 +22,18 @@ def test_shipped_teacher_loads_and_matches_its_card(game):
     assert ev["episodes"] == len(ev["returns"]) >= 8
     assert ev["mean"] == pytest.approx(np.mean(ev["returns"]))
     assert ev["protocol"]["epsilon"] == 0.05
-    out, feats = t.label(np.zeros((2,) + spec.observation_shape, np.uint8))
+    labels = t.label(np.zeros((2,) + spec.observation_shape, np.uint8))
+    out = labels["outputs"]
     assert out.shape == (2, t.num_actions) and np.all(np.isfinite(out))
+    assert labels["features"].shape == (2, t.feature_dim)
+    # The value the card states (cards from before values: the network's).
+    assert card.get("value", t.value_source) == t.value_source
+    if t.value_source == "max_q":
+        np.testing.assert_array_equal(labels["values"], out.max(1))
+    elif t.value_source == "none":
+        assert np.isnan(labels["values"]).all()
+    else:
+        assert labels["values"].shape == (2,) and np.isfinite(labels["values"]).all()
 
 
 def test_at_least_one_shipped_teacher_is_a_dqn():
