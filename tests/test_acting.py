@@ -107,3 +107,66 @@ def test_lockstep_calls_the_policy_once_on_all_groups_and_parks_done_groups():
     np.testing.assert_array_equal(batch.valid, [True, True, False, False])
     assert all(c == [0, 1] for c in calls)
     assert sum(1 for e in log if e[:2] == ("send", 2)) == sends_before
+
+
+class ScriptedEnv:
+    """Two environments playing a fixed script of (rewards, terminated, lives)."""
+
+    def __init__(self, script, lives0):
+        self.num_envs = 2
+        self.script, self.lives0, self.k = script, lives0, 0
+
+    def _obs(self):
+        return np.full((2, 1, 2, 2), self.k, np.uint8)
+
+    def reset(self, seed):
+        return self._obs(), {"lives": np.array(self.lives0)}
+
+    def send(self, actions):
+        pass
+
+    def recv(self):
+        rewards, terminated, lives = self.script[self.k]
+        self.k += 1
+        return (self._obs(), np.array(rewards, np.float32), np.array(terminated),
+                np.zeros(2, bool), {"lives": np.array(lives)})
+
+
+# Env 1 ends at step 2, env 0 at step 3; the step after each end is a reset
+# (not a transition: its reward 9 and its lives going up count for nothing).
+SCRIPT = [
+    ([1.0, 0.0], [False, False], [3, 1]),
+    ([2.0, 5.0], [False, True], [2, 0]),
+    ([0.0, 9.0], [True, False], [2, 3]),
+    ([9.0, 4.0], [False, True], [3, 3]),
+]
+
+
+def test_lives_life_lost_and_episode_tracker():
+    steps = acting.play(ScriptedEnv(SCRIPT, [3, 2]), lambda obs: (np.zeros(len(obs)), {}),
+                        seed=0)
+    tracker = acting.EpisodeTracker(2)
+    batches, ended = [], []
+    for _ in SCRIPT:
+        batches.append(next(steps))
+        ended.append(tracker.update(batches[-1]))
+    np.testing.assert_array_equal([b.lives.tolist() for b in batches],
+                                  [lives for _, _, lives in SCRIPT])
+    np.testing.assert_array_equal([b.valid.tolist() for b in batches],
+                                  [[True, True], [True, True], [True, False], [False, True]])
+    np.testing.assert_array_equal([b.life_lost.tolist() for b in batches],
+                                  [[False, True], [True, True], [False, False],
+                                   [False, False]])
+    # (environment, return, length) of each episode, the step it ended on.
+    assert ended == [[], [(1, 5.0, 2)], [(0, 3.0, 3)], [(1, 4.0, 1)]]
+    np.testing.assert_array_equal(tracker.returns, [0.0, 0.0])
+    np.testing.assert_array_equal(tracker.lengths, [0, 0])
+
+
+def test_life_lost_only_where_active():
+    active = np.ones(2, bool)
+    steps = acting.play(ScriptedEnv(SCRIPT, [3, 2]), lambda obs: (np.zeros(len(obs)), {}),
+                        seed=0, active=active)
+    assert next(steps).life_lost.tolist() == [False, True]
+    active[1] = False
+    assert next(steps).life_lost.tolist() == [True, False]
