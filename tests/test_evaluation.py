@@ -40,6 +40,19 @@ def test_ratio_undefined_for_a_non_positive_teacher_score():
     assert row["student_percent_of_teacher_above_random"] == pytest.approx(100 * 0.7 / 5.7)
 
 
+def test_protocol_defaults_and_validation():
+    p = evaluation.EvalProtocol()
+    assert (p.num_episodes, p.epsilon, p.num_envs, p.seed) == (8, 0.05, 8, 1_000_000)
+    # Execution settings are not part of what a report states.
+    assert p.to_dict() == {"num_episodes": 8, "epsilon": 0.05, "num_envs": 8,
+                           "seed": 1_000_000}
+    with pytest.raises(ValueError, match="num_episodes must be >= 1, found 0"):
+        evaluation.EvalProtocol(num_episodes=0)
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, 1\], found 2"):
+        evaluation.EvalProtocol(epsilon=2)
+
+
+@pytest.mark.slow
 def test_episode_quota_spreads_episodes_over_envs(spec):
     calls = []
 
@@ -61,6 +74,7 @@ def test_episode_quota_spreads_episodes_over_envs(spec):
     assert s2.returns == s.returns and s.mean > 0
 
 
+@pytest.mark.slow
 def test_env_groups_do_not_change_a_deterministic_evaluation(spec):
     """Splitting environments into overlapped groups is transparent: same
     seeds and a deterministic policy give the same episodes in lockstep."""
@@ -109,7 +123,6 @@ def test_predict_fn_pads_narrow_batches_and_leaves_the_model_alone():
     model.predict_on_batch = lambda obs: (widths.append(len(obs)), original(obs))[1]
     plain(x[:3]), plain(x), plain(x[:1])
     assert widths == [3, 5, 5]
-
 
 
 def test_predict_fn_runs_a_mixed_precision_student_in_float32():
