@@ -99,10 +99,12 @@ class DistillConfig:
         if self.student_size not in networks.STUDENT_SIZES:
             raise ValueError(f"student_size must be one of {sorted(networks.STUDENT_SIZES)}, "
                              f"found {self.student_size!r}")
-        if self.num_grad_steps < 0 or self.checkpoint_every_steps < 1 or (
-                self.eval_every_steps < 1):
-            raise ValueError("num_grad_steps must be >= 0, checkpoint_every_steps and "
-                             "eval_every_steps >= 1")
+        # One message per field, starting with its name (cli names the flag).
+        if self.num_grad_steps < 0:
+            raise ValueError(f"num_grad_steps must be >= 0, found {self.num_grad_steps}")
+        for name in ("checkpoint_every_steps", "eval_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, found {self.learning_rate}")
 

@@ -1,10 +1,14 @@
-"""The command-line entry points, end to end, and their messages for bad input."""
+"""The command-line entry points, end to end, and their messages for bad input;
+the flag definitions and their mapping to configs (in process)."""
 
+import hashlib
 import json
 import shutil
 
 import pytest
 from conftest import SPEC_KW, make_teacher, run_cli
+
+from multidistill import datasets, teachers
 
 TINY = [f"--max_episode_frames={SPEC_KW['max_episode_frames']}", "--num_agent_steps=300",
         "--num_envs=2", "--num_grad_steps=12", "--batch_size_per_game=4",
@@ -12,6 +16,7 @@ TINY = [f"--max_episode_frames={SPEC_KW['max_episode_frames']}", "--num_agent_st
         "--checkpoint_every_steps=6", "--eval_every_steps=6"]
 
 
+@pytest.mark.slow
 def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
     run = tmp_path / "run"
     rc, out = run_cli(["train.py", "--games=pong,freeway", f"--teachers_dir={teachers_dir}",
@@ -36,11 +41,34 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
     assert "(+0)" in out
     assert json.loads((run / "report.json").read_text())["training"]["trained_steps"] == 2
 
-    # The student loads in a fresh process with one head per game.
-    code = ("import keras, multidistill; m = keras.saving.load_model("
+    # The student loads in a fresh process with one head per game (importing
+    # multidistill.networks registers the class with Keras).
+    code = ("import keras, multidistill.networks; m = keras.saving.load_model("
             f"'{run / 'student.keras'}'); print(m.games, m.num_actions)")
     rc, out = run_cli(["-c", code])
     assert rc == 0 and "['pong', 'freeway'] [6, 3]" in out, out
+
+    # The student acts in a top-up: a mixture session of the freeway dataset.
+    data = tmp_path / "data"
+    with datasets.Dataset(data / "freeway.h5") as ds:
+        n = ds.num_agent_steps
+    rc, out = run_cli(["-m", "multidistill.build_datasets", "--games=freeway",
+                       f"--teachers_dir={teachers_dir}", f"--datasets_dir={data}",
+                       f"--num_agent_steps={n + 1}", "--num_envs=1", "--behaviour=mixture",
+                       "--beta=0.5", f"--student={run / 'student.keras'}",
+                       f"--max_episode_frames={SPEC_KW['max_episode_frames']}"])
+    assert rc == 0, out
+    student_sha = teachers.sha256_of(run / "student.keras")
+    teacher_sha = teachers.sha256_of(teachers_dir / "freeway.keras")
+    with datasets.Dataset(data / "freeway.h5") as ds:
+        first, last = ds.sessions[0], ds.sessions[-1]
+        assert (first.behaviour, first.step_stop) == ("teacher", n)
+        assert (last.behaviour, last.beta, last.epsilon, last.step_start) == (
+            "mixture", 0.5, 0.05, n)
+        assert last.step_stop == ds.num_agent_steps > n
+        assert last.behaviour_sha256 == hashlib.sha256(
+            (teacher_sha + student_sha).encode()).hexdigest()
+        assert last.labeller_sha256 == teacher_sha
 
     # Evaluation on its own, with the teachers' card scores.
     rc, out = run_cli(["-m", "multidistill.evaluate", f"--student={run / 'student.keras'}",
@@ -57,13 +85,24 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_build_datasets_entry_point(tmp_path, teachers_dir):
-    rc, out = run_cli(["-m", "multidistill.build_datasets", "--games=freeway",
-                       f"--teachers_dir={teachers_dir}", f"--datasets_dir={tmp_path}",
-                       "--num_agent_steps=100", "--num_envs=1",
-                       f"--max_episode_frames={SPEC_KW['max_episode_frames']}"])
+    args = ["-m", "multidistill.build_datasets", "--games=freeway",
+            f"--teachers_dir={teachers_dir}", f"--datasets_dir={tmp_path}",
+            "--num_agent_steps=100", "--num_envs=1",
+            f"--max_episode_frames={SPEC_KW['max_episode_frames']}"]
+    rc, out = run_cli(args)
     assert rc == 0, out
-    assert (tmp_path / "freeway.h5").exists() and "freeway:" in out
+    assert f"freeway: {tmp_path / 'freeway.h5'} holds 300 steps in 1 episodes" in out, out
+    with datasets.Dataset(tmp_path / "freeway.h5") as ds:
+        assert [s.behaviour for s in ds.sessions] == ["teacher"]
+    rc, out = run_cli(args + ["--num_agent_steps=400", "--behaviour=student"])
+    assert rc == 2, out
+    assert "--behaviour=student needs --student=RUN/student.keras" in out, out
+    rc, out = run_cli(args + ["--num_agent_steps=400", "--behaviour=random"])
+    assert rc == 0, out
+    with datasets.Dataset(tmp_path / "freeway.h5") as ds:
+        assert [s.behaviour for s in ds.sessions] == ["teacher", "random"]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -75,7 +114,10 @@ def test_build_datasets_entry_point(tmp_path, teachers_dir):
     (["--games=pong", "--batch_size_per_game=0"], "--batch_size_per_game must be >= 1, found 0"),
     (["--games=pong", "--max_episode_frames=4000"],
      "another preprocessing than asked for: max_episode_frames: 1200"),
+    (["--games=pong", "--beta=1.5"], "--beta must be in [0, 1], found 1.5"),
+    (["--games=pong", "--eval_episodes=0"], "--eval_episodes must be >= 1, found 0"),
 ])
+@pytest.mark.slow
 def test_bad_flags(tmp_path, teachers_dir, flags, message):
     args = ["train.py", f"--teachers_dir={teachers_dir}", f"--datasets_dir={tmp_path}",
             f"--max_episode_frames={SPEC_KW['max_episode_frames']}"] + flags
@@ -85,6 +127,7 @@ def test_bad_flags(tmp_path, teachers_dir, flags, message):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_dataset_of_another_teacher_or_not_hdf5(tmp_path, spec, datasets_dir, teachers_dir):
     data = tmp_path / "data"
     data.mkdir()
@@ -94,7 +137,7 @@ def test_dataset_of_another_teacher_or_not_hdf5(tmp_path, spec, datasets_dir, te
     args = ["train.py", "--games=pong", f"--teachers_dir={other}", f"--datasets_dir={data}",
             f"--run_dir={tmp_path / 'run'}"] + TINY
     rc, out = run_cli(args)
-    assert rc == 2 and "recorded from another teacher" in out and "--rebuild_datasets" in out, out
+    assert rc == 2 and "labelled by another teacher" in out and "--rebuild_datasets" in out, out
     before = (data / "pong.h5").read_bytes()
     assert before == (datasets_dir / "pong.h5").read_bytes()  # Left untouched.
 
@@ -103,13 +146,120 @@ def test_dataset_of_another_teacher_or_not_hdf5(tmp_path, spec, datasets_dir, te
     assert rc == 2 and "pong.h5 is not an HDF5 file" in out, out
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback(tmp_path):
     rc, out = run_cli(["train.py", "--games=nope", "--verbose"])
     assert rc == 2 and "Traceback" in out and "unknown game 'nope'" in out, out
 
 
+@pytest.mark.slow
 def test_help_lists_every_flag_with_text():
     _, out = run_cli(["train.py", "--help"])  # absl exits 1 after printing help.
     for flag in ("--games", "--teachers_dir", "--num_agent_steps", "--num_grad_steps",
-                 "--temperatures", "--sticky_action_prob", "--verbose", "--preset"):
+                 "--temperatures", "--sticky_action_prob", "--verbose", "--preset",
+                 "--behaviour", "--beta", "--student", "--eval_episodes"):
         assert f"  {flag}:" in out or f"  --[no]{flag[2:]}:" in out, flag
+    # Defaults are the configs' (cli defines each flag once, from them).
+    assert "--num_grad_steps: Gradient steps of the whole run.\n    (default: '25000')" in out
+    assert "(default: '8')" in out.split("--eval_episodes:")[1].split("--")[0]
+
+
+# -- flags to configs, in process ------------------------------------------------
+
+
+@pytest.fixture()
+def parse():
+    """Parses argv into the entry points' flags (defined once per process)."""
+    from multidistill import cli
+
+    if "num_agent_steps" not in cli.FLAGS:
+        cli.define_collect_flags()
+        cli.define_distill_flags()
+        cli.define_eval_flags()
+
+    def parse(*argv):
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["test", *argv])
+        return cli
+
+    yield parse
+    cli.FLAGS.unparse_flags()
+
+
+def test_flag_defaults_are_the_configs_defaults(parse):
+    from multidistill import (
+        collect,
+        distiller,
+        environments,
+        evaluation,
+        networks,
+        objectives,
+        pipeline,
+    )
+
+    cli = parse()
+    assert cli.collect_config_from_flags() == collect.CollectConfig()
+    assert cli.eval_protocol_from_flags() == evaluation.EvalProtocol()
+    assert cli.eval_protocol_from_flags().num_episodes == 8
+    assert cli.preprocessing_from_flags() == environments.Preprocessing()
+    assert cli.distill_config_from_flags(["pong", "freeway"], ["q_values", "logits"]) == (
+        distiller.DistillConfig(
+            games=("pong", "freeway"),
+            objective=objectives.Distillation(temperatures=(0.01, 1.0)),
+            precision=networks.default_precision(), pipeline=pipeline.PipelineConfig()))
+    assert cli.FLAGS.num_grad_steps == 25_000 == distiller.DistillConfig(()).num_grad_steps
+
+
+def test_flags_map_to_configs(parse):
+    cli = parse("--num_agent_steps=123", "--behaviour=mixture", "--beta=0.3",
+                "--epsilon=0.2", "--num_envs=3", "--seed=7", "--loss=nll",
+                "--feature_beta=0.01", "--temperatures=freeway:0.5",
+                "--game_weights=pong:2", "--student_size=net2", "--precision=float32",
+                "--num_grad_steps=9", "--batch_size_per_game=5", "--learning_rate=0.01",
+                "--eval_episodes=3", "--eval_epsilon=0.0", "--eval_num_envs=2",
+                "--eval_seed=11", "--sticky_action_prob=0.25")
+    c = cli.collect_config_from_flags()
+    assert (c.num_agent_steps, c.behaviour, c.beta, c.epsilon, c.num_envs, c.seed) == (
+        123, "mixture", 0.3, 0.2, 3, 7)
+    d = cli.distill_config_from_flags(["pong", "freeway"], ["q_values", "logits"])
+    assert d.objective.policy_loss == "nll" and d.objective.feature_beta == 0.01
+    assert d.objective.temperatures == (0.01, 0.5)
+    assert d.pipeline.game_weights == (2.0, 1.0) and d.pipeline.seed == 7
+    assert (d.student_size, d.precision, d.num_grad_steps, d.learning_rate) == (
+        "net2", "float32", 9, 0.01)
+    assert d.pipeline.batch_size_per_game == 5
+    e = cli.eval_protocol_from_flags()
+    assert (e.num_episodes, e.epsilon, e.num_envs, e.seed) == (3, 0.0, 2, 11)
+    assert cli.preprocessing_from_flags().sticky_action_prob == 0.25
+
+
+@pytest.mark.parametrize("argv, build, message", [
+    (["--beta=1.5"], "collect", r"--beta must be in [0, 1], found 1.5"),
+    (["--epsilon=-0.5"], "collect", r"--epsilon must be in [0, 1], found -0.5"),
+    (["--num_agent_steps=0"], "collect", "--num_agent_steps must be >= 1, found 0"),
+    (["--num_envs=0"], "collect", "--num_envs must be >= 1, found 0"),
+    (["--eval_episodes=0"], "eval", "--eval_episodes must be >= 1, found 0"),
+    (["--eval_epsilon=2"], "eval", r"--eval_epsilon must be in [0, 1], found 2.0"),
+    (["--eval_num_envs=0"], "eval", "--eval_num_envs must be >= 1, found 0"),
+    (["--learning_rate=0"], "distill", "--learning_rate must be > 0, found 0.0"),
+    (["--batch_size_per_game=0"], "distill", "--batch_size_per_game must be >= 1, found 0"),
+    (["--num_grad_steps=-1"], "distill", "--num_grad_steps must be >= 0, found -1"),
+    (["--checkpoint_every_steps=0"], "distill", "--checkpoint_every_steps must be >= 1, found 0"),
+    (["--eval_every_steps=0"], "distill", "--eval_every_steps must be >= 1, found 0"),
+    (["--game_weights=pong:0"], "distill", "--game_weights must be >= 0 with a positive sum"),
+    (["--temperatures=qbert:1"], "distill", "--temperatures: 'qbert' is not in --games"),
+    (["--temperatures=pong:0"], "distill", "--temperatures: tau must be > 0, found 0.0"),
+    (["--game_weights=pong"], "distill", "--game_weights: expected game:value pairs"),
+    (["--noop_max=-1"], "preprocessing", "noop_max must be >= 0, found -1"),
+])
+def test_bad_values_are_reported_by_their_flag(parse, argv, build, message):
+    cli = parse(*argv)
+    builders = {
+        "collect": cli.collect_config_from_flags,
+        "eval": cli.eval_protocol_from_flags,
+        "distill": lambda: cli.distill_config_from_flags(["pong"], ["q_values"]),
+        "preprocessing": cli.preprocessing_from_flags,
+    }
+    with pytest.raises(cli.UsageError) as e:
+        builders[build]()
+    assert message in str(e.value)
