@@ -198,6 +198,12 @@ class Distiller:
         if tuple(source.games) != tuple(config.games):
             raise TrainingError(f"the batch source serves the games {list(source.games)}, "
                                 f"the run trains {list(config.games)}")
+        served = getattr(source, "fields", None)
+        missing = [f for f in config.objective.fields if served is not None and f not in served]
+        if missing:
+            raise TrainingError(f"the batch source loads the fields {list(served)}, the "
+                                f"objective also needs {missing}: open it with "
+                                "fields=config.objective.fields")
         # Compared as JSON (tuples and lists alike), as config.json stores it.
         run_identity = json.loads(json.dumps(
             {"config": config.identity(), "teacher_kinds": list(teacher_kinds),

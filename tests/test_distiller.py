@@ -241,3 +241,20 @@ def prefix_steps(path):
 
     with datasets.Dataset(path) as ds:
         return ds.num_agent_steps
+
+
+def test_a_source_without_the_objectives_fields_is_refused(tmp_path, spec):
+    from conftest import new_writer, synthetic_episode
+
+    path = tmp_path / "pong.h5"
+    with new_writer(path, spec, game="pong", num_actions=6) as w:
+        for e in range(3):
+            w.append_episode(synthetic_episode(20, 6, seed=e))
+    config = _config(games=("pong",), temperatures=(0.01,), feature_beta=0.1)
+    source = pipeline.HDF5Source([str(path)], config.pipeline)  # Outputs only.
+    with pytest.raises(distiller.TrainingError,
+                       match=r"loads the fields \['teacher_outputs'\], the objective also "
+                             r"needs \['teacher_features'\]"):
+        distiller.Distiller(tmp_path / "run", config, source, spec, ["q_values"])
+    source.close()
+    assert not (tmp_path / "run").exists()  # Refused before writing anything.
