@@ -256,6 +256,31 @@ def test_recording_sessions_mixture_then_teacher(tmp_path, teachers_dir, spec, m
     np.testing.assert_array_equal(blk["rewards"], actions)
 
 
+def test_recording_with_a_student_behaviour(tmp_path, teachers_dir, spec, monkeypatch):
+    use_fake_atari(monkeypatch, length=12)
+    t = teachers.load_teacher("pong", teachers_dir, spec)
+    config = collect.CollectConfig(num_agent_steps=30, behaviour="student", epsilon=0.2,
+                                   num_envs=2, seed=1)
+    student = collect.make_behaviour(config, t, _student_head, "s" * 64)
+    collect.build_dataset(t, tmp_path / "pong.h5", config, spec, behaviour=student,
+                          progress=False)
+    with datasets.Dataset(tmp_path / "pong.h5") as ds:
+        (s,) = ds.sessions
+        assert (s.behaviour, s.beta, s.epsilon, s.behaviour_sha256, s.labeller_sha256) == (
+            "student", 0.0, 0.2, "s" * 64, t.sha256)
+        assert (s.step_start, s.step_stop) == (0, ds.num_agent_steps)
+        blk = ds.read_block(0, ds.num_agent_steps)
+    # The student acted (argmax of its head, as its q_values teacher would),
+    # the teacher labelled.
+    head = _student_head(blk["observations"])
+    np.testing.assert_allclose(
+        blk["behaviour_log_probs"],
+        teachers.action_log_probs(head, "q_values", 0.2, blk["actions"]), rtol=1e-5)
+    assert np.mean(blk["actions"] == head.argmax(1)) > 0.7
+    np.testing.assert_allclose(blk["teacher_outputs"], t.label(blk["observations"])["outputs"],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_recording_with_a_random_behaviour(tmp_path, teachers_dir, spec, monkeypatch):
     use_fake_atari(monkeypatch, length=10)
     t = teachers.load_teacher("freeway", teachers_dir, spec)
