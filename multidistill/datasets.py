@@ -535,12 +535,15 @@ class DatasetWriter(_H5File):
 
     @property
     def sessions(self) -> list[Session]:
-        return [Session.from_row(r) for r in self._f["sessions"][:]]
+        return [Session.from_row(r) for r in _written_rows(self._f["sessions"][:])]
 
     def start_session(self, session: Session) -> int:
         """Records a new recording session; the episodes appended from now on
-        belong to it. Its step range is set here. Returns its index."""
-        index = len(self._f["sessions"])
+        belong to it. Its step range is set here. Returns its index.
+
+        The row goes after the last written one: a row that a killed writer
+        resized the table for but never wrote (all zeros) is overwritten."""
+        index = len(_written_rows(self._f["sessions"][:]))
         row = dataclasses.replace(session, step_start=self._n, step_stop=self._n).to_row()
         _write_rows(self._f["sessions"], index, row[None])
         self._f.flush()
@@ -612,6 +615,14 @@ class DatasetWriter(_H5File):
         self._return_sum += ep_return
         self._sync_attrs()
         f.flush()
+
+
+def _written_rows(rows: np.ndarray) -> np.ndarray:
+    """The session rows that were written: a writer killed between growing
+    the table and writing its row leaves a trailing row of zeros (no
+    behaviour), which is not a session."""
+    written = rows["behaviour"] != b""
+    return rows[: int(np.argmin(written)) if not written.all() else len(rows)]
 
 
 def _write_rows(ds, start: int, values: np.ndarray) -> None:
@@ -743,7 +754,7 @@ class Dataset(_H5File):
         if self.schema_version == 1:
             return self._v1_sessions()
         out = []
-        for row in self._f["sessions"][:]:
+        for row in _written_rows(self._f["sessions"][:]):
             s = Session.from_row(row)
             out.append(dataclasses.replace(
                 s, step_start=min(s.step_start, self.num_agent_steps),

@@ -139,10 +139,6 @@ def test_disk_full_while_appending_keeps_earlier_episodes(tmp_path, spec, monkey
         assert (ds.num_episodes, ds.num_agent_steps) == (3, 55)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="datasets.py: a session row is appended by resize-then-write, "
-                          "outside the commit protocol; a kill between the two leaves a "
-                          "zero row whose empty behaviour fails Session validation")
 def test_a_kill_inside_start_session_leaves_the_file_usable(tmp_path, spec):
     import h5py
 
