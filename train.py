@@ -17,7 +17,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from absl import flags
@@ -38,8 +40,9 @@ PRESETS = {
         "batch_size_per_game": 8,
         "checkpoint_every_steps": 30,
         "eval_every_steps": 30,
-        "eval_episodes": 1,
+        "eval_episodes": "1",
         "eval_num_envs": 1,
+        "video_seconds": 2.0,
         "student_size": "net3",
         "datasets_dir": "datasets/smoke",
     },
@@ -63,6 +66,7 @@ def _apply_preset():
 def main(argv):
     del argv
     _apply_preset()
+    t_start = time.perf_counter()
     game_names = games_lib.parse_games(FLAGS.games)
     spec = cli.preprocessing_from_flags()
     collect_config = cli.collect_config_from_flags()
@@ -94,6 +98,8 @@ def main(argv):
         print(f"  {g}: {s['num_agent_steps']:,} steps, {s['num_episodes']} episodes "
               f"(+{s['added_agent_steps']:,})")
 
+    build_seconds = time.perf_counter() - t_start
+
     # 3. Distillation: the HDF5 source on the data the run started from.
     run_dir = Path(FLAGS.run_dir or Path("runs") / (
         f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}_{FLAGS.preset}"
@@ -118,19 +124,43 @@ def main(argv):
         d.close()
 
     # 4. Evaluation.
-    print(f"[3/3] evaluating: {protocol.num_episodes} episodes per game and policy")
+    episodes = ", ".join(f"{g} {protocol.episodes(g)}" for g in game_names)
+    print(f"[3/3] evaluating, episodes per game and policy: {episodes}")
+    t_eval = time.perf_counter()
     student = students.load_student(d.student_path)
     report = evaluation.evaluate_run(
         student, game_names, FLAGS.teachers_dir, spec, protocol,
         evaluate_teachers=FLAGS.evaluate_teachers, out_dir=run_dir,
         allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
+        video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0,
         extra={"run_dir": str(run_dir), "preset": FLAGS.preset,
+               "command": " ".join(["python", *sys.argv]), "commit": _commit(),
                "training": train_summary, "datasets": summaries,
-               "config": config.to_dict()})
+               "config": config.to_dict(),
+               "timing": {"build_seconds": build_seconds,
+                          "distill_seconds": train_summary["seconds"],
+                          "run_distill_seconds": train_summary["run_train_seconds"]}})
+    distiller.record_evaluation(run_dir, config, report, train_summary["grad_steps"])
+    report["timing"].update(eval_seconds=time.perf_counter() - t_eval,
+                            total_seconds=time.perf_counter() - t_start)
+    evaluation.write_report(report, run_dir)  # Again, with the evaluation's time.
     print()
     print(evaluation.report_markdown(report))
     print(f"report: {run_dir / 'report.md'}, {run_dir / 'report.json'}; "
           f"student: {d.student_path}")
+
+
+def _commit() -> str | None:
+    """The code's git commit (with "+changes" if the tree differs), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                             capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+changes" if dirty.strip() else "")
 
 
 if __name__ == "__main__":

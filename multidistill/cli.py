@@ -106,8 +106,9 @@ def _config_from_flags(build: Callable[[], object], flag_names: Sequence[str] | 
         raise UsageError(f"flags: {e}") from None
 
 
-def parse_per_game(text: str, games: Sequence[str], flag: str) -> dict[str, float]:
-    """`pong:0.01,qbert:1` -> {"pong": 0.01, "qbert": 1.0}, games checked."""
+def parse_per_game(text: str, games: Sequence[str] | None, flag: str) -> dict[str, float]:
+    """`pong:0.01,qbert:1` -> {"pong": 0.01, "qbert": 1.0}, games checked (and, unless
+    `games` is None, required to be among them)."""
     from multidistill import games as games_lib
 
     out = {}
@@ -118,7 +119,8 @@ def parse_per_game(text: str, games: Sequence[str], flag: str) -> dict[str, floa
             game = games_lib.get_game(name).name
         except ValueError as e:
             raise UsageError(f"{flag}: {e}") from None
-        require(game in games, f"{flag}: {game!r} is not in --games ({','.join(games)})")
+        require(games is None or game in games,
+                f"{flag}: {game!r} is not in --games ({','.join(games or [])})")
         try:
             out[game] = float(value)
         except ValueError:
@@ -271,8 +273,18 @@ def define_eval_flags():
     from multidistill import evaluation
 
     d = evaluation.EvalProtocol()
-    flags.DEFINE_integer("eval_episodes", d.num_episodes,
-                         "Evaluation episodes per game and policy.")
+    per_game = ", ".join(f"{g} {n}" for g, n in evaluation.EPISODES_BY_GAME.items())
+    flags.DEFINE_string("eval_episodes", "auto",
+                        "Evaluation episodes per game and policy: auto (each game's default, "
+                        f"set by the spread of its returns: {per_game}, other games "
+                        f"{evaluation.DEFAULT_EPISODES}), a number for every game, or "
+                        "game:number pairs, e.g. qbert:200,pong:48 (the others auto).")
+    flags.DEFINE_bool("videos", True,
+                      "Record per game a side-by-side GIF of the student and its teacher "
+                      "playing the same seed (videos/<game>.gif in the run directory).")
+    flags.DEFINE_float("video_seconds", 30.0,
+                       "Length cap of each video, seconds of game time (15 agent steps "
+                       "per second).")
     flags.DEFINE_float("eval_epsilon", d.epsilon,
                        "Probability in [0, 1] of a random action during evaluation.")
     flags.DEFINE_integer("eval_num_envs", d.num_envs,
@@ -287,8 +299,19 @@ def define_eval_flags():
 def eval_protocol_from_flags():
     from multidistill import evaluation
 
+    text = str(FLAGS.eval_episodes).strip().lower()
+    num_episodes, per_game = 0, {}
+    if text.isdigit():
+        num_episodes = int(text)
+        require(num_episodes >= 1, f"--eval_episodes must be >= 1, found {num_episodes}")
+    elif text != "auto":
+        per_game = parse_per_game(text, None, "--eval_episodes")
+        bad = {g: n for g, n in per_game.items() if n != int(n) or n < 1}
+        require(not bad, f"--eval_episodes: episodes must be whole numbers >= 1, found {bad}")
     return _config_from_flags(lambda: evaluation.EvalProtocol(
-        num_episodes=FLAGS.eval_episodes, epsilon=FLAGS.eval_epsilon,
+        num_episodes=num_episodes,
+        episodes_per_game=tuple((g, int(n)) for g, n in per_game.items()),
+        epsilon=FLAGS.eval_epsilon,
         num_envs=FLAGS.eval_num_envs, seed=FLAGS.eval_seed,
         num_threads=getattr(FLAGS, "num_threads", 0)),
         {"num_episodes": "eval_episodes", "epsilon": "eval_epsilon",

@@ -169,6 +169,61 @@ def data_prefix(run_dir: str | os.PathLike) -> list[int] | None:
         return None
 
 
+def plot_run_curves(run_dir: str | os.PathLike, games) -> Path | None:
+    """`curves.png`: held-out KL and agreement and the training loss (smoothed), and
+    the evaluations' % of teacher with intervals, on one axis of gradient steps."""
+    run_dir = Path(run_dir)
+    pct = {f"eval/percent_of_teacher/{g}": (f"eval/percent_of_teacher_ci_low/{g}",
+                                            f"eval/percent_of_teacher_ci_high/{g}")
+           for g in games}
+    tag = "eval/geometric_mean_percent_of_teacher"
+    pct[tag] = (tag + "_ci_low", tag + "_ci_high")
+    return summaries.plot_curves(
+        run_dir / "metrics.jsonl", run_dir / "curves.png",
+        [("held-out KL", [f"heldout/kl/{g}" for g in games]),
+         ("held-out top-1 agreement", [f"heldout/agreement/{g}" for g in games]),
+         ("training loss", ["losses/train_loss"]),
+         ("evaluation: student % of teacher", list(pct))],
+        "gradient steps", smoothing=0.6, intervals=pct,
+        labels={tag: "geometric mean"})
+
+
+def evaluation_scalars(report: dict) -> dict[str, float]:
+    """An evaluation report as scalars: per game returns and % of teacher with intervals."""
+    out = {}
+
+    def put(tag, value, ci=None):
+        if value is None:
+            return
+        out[tag] = value
+        if ci:
+            base, _, game = tag.rpartition("/") if tag.count("/") > 1 else (tag, "", "")
+            suffix = f"/{game}" if game else ""
+            out[f"{base}_ci_low{suffix}"], out[f"{base}_ci_high{suffix}"] = ci
+
+    for game, r in report["games"].items():
+        put(f"charts/student_return/{game}", r["student"]["mean"])
+        put(f"charts/teacher_return/{game}", r["teacher"]["mean"])
+        put(f"eval/percent_of_teacher/{game}", r["student_percent_of_teacher"],
+            r.get("student_percent_of_teacher_ci"))
+    put("eval/geometric_mean_percent_of_teacher", report["geometric_mean_percent_of_teacher"],
+        report.get("geometric_mean_percent_of_teacher_ci"))
+    return out
+
+
+def record_evaluation(run_dir: str | os.PathLike, config: DistillConfig, report: dict,
+                      grad_step: int) -> None:
+    """Logs an evaluation of the run's student at `grad_step`: scalars (metrics.jsonl,
+    TensorBoard), the run's hyperparameters for the HParams dashboard, the curves."""
+    writer = summaries.ScalarWriter(run_dir)
+    try:
+        writer.scalars(grad_step, evaluation_scalars(report))
+        writer.hparams(config.to_dict(), run_name=Path(run_dir).name)
+    finally:
+        writer.close()
+    plot_run_curves(run_dir, config.games)
+
+
 class Distiller:
     """Owns a run directory: builds or resumes the student, trains, checkpoints."""
 
@@ -225,12 +280,20 @@ class Distiller:
             config, source.num_actions, source.feature_dims, spec,
             extra_config={"teacher_kinds": list(teacher_kinds)})
         self.grad_step = 0
+        self._seconds_before = 0.0  # Training wall-clock of earlier sessions of the run.
+        self._t0 = time.perf_counter()
         self.ckpt_path = self.run_dir / "checkpoint.npz"
         if self.ckpt_path.exists():
             state = checkpoints.restore(self.ckpt_path, self.student, self.optimizer)
             self.grad_step = int(state["grad_step"])
+            self._seconds_before = float(state.get("train_seconds", 0.0))
         self.writer = summaries.ScalarWriter(self.run_dir)
         self._holdout = [source.holdout(g) for g in range(len(config.games))]
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall-clock spent training this run, over all its sessions (resumes)."""
+        return self._seconds_before + time.perf_counter() - self._t0
 
     @property
     def student_path(self) -> Path:
@@ -238,14 +301,9 @@ class Distiller:
 
     def save_checkpoint(self) -> None:
         checkpoints.save(self.ckpt_path, self.student, self.optimizer,
-                         {"grad_step": self.grad_step})
+                         {"grad_step": self.grad_step, "train_seconds": self.train_seconds})
         students.save_student(self.student, self.student_path)
-        summaries.plot_curves(
-            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
-            [("held-out KL", [f"heldout/kl/{g}" for g in self.config.games]),
-             ("held-out top-1 agreement", [f"heldout/agreement/{g}" for g in self.config.games]),
-             ("training loss", ["losses/train_loss"])],
-            "gradient steps")
+        plot_run_curves(self.run_dir, self.config.games)
 
     def heldout_metrics(self) -> dict[str, float]:
         """Per game: loss, KL (tau of the game) and top-1 agreement on held-out data."""
@@ -314,7 +372,8 @@ class Distiller:
             self.save_checkpoint()
         seconds = time.perf_counter() - self._t0
         return {"grad_steps": self.grad_step, "trained_steps": self.grad_step - start_step,
-                "seconds": seconds, "samples_per_s": self._samples / max(seconds, 1e-9)}
+                "seconds": seconds, "samples_per_s": self._samples / max(seconds, 1e-9),
+                "run_train_seconds": self.train_seconds}
 
     def _train_loop(self, c, bar, stop):
         """The loop of `train`: logs, held-out metrics, checkpoints, stops."""

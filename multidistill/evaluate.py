@@ -46,7 +46,9 @@ def main(argv):
     report = evaluation.evaluate_run(student, games, FLAGS.teachers_dir, spec, protocol,
                                      evaluate_teachers=FLAGS.evaluate_teachers,
                                      out_dir=out_dir, extra={"student": FLAGS.student},
-                                     allow_unsafe_teacher=FLAGS.allow_unsafe_teacher)
+                                     allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
+                                     video_seconds=FLAGS.video_seconds if FLAGS.videos
+                                     else 0.0)
     print(evaluation.report_markdown(report))
     print(f"report: {out_dir / 'report.md'}")
 

@@ -7,9 +7,17 @@ Protocol (the same for teachers and students, stated in every report):
   * the policy acts by its game's rule (argmax for Q-value teachers and
     their students, a sample of the softmax for logit teachers and theirs),
     with a uniformly random action with probability `epsilon` (0.05);
-  * `num_episodes` episodes, spread over `num_envs` environments with a
-    fixed quota each (so short episodes are not favoured), environment i
-    seeded with `seed + i`; the same seeds for every policy evaluated.
+  * a number of episodes per game (`EvalProtocol.episodes`: by default the
+    game's entry in `EPISODES_BY_GAME`, chosen from the measured spread of
+    its returns), spread over `num_envs` environments with a fixed quota
+    each (so short episodes are not favoured), environment i seeded with
+    `seed + i`; the same seeds for every policy evaluated, so that episode
+    k of the student and episode k of its teacher start alike.
+
+Reports state every score with a 95 % bootstrap interval
+(`multidistill.statistics`): per policy its mean, per game student/teacher
+paired by episode, and over games the geometric mean of student/teacher and
+the human-normalised aggregates (stratified by game).
 """
 
 from __future__ import annotations
@@ -24,9 +32,24 @@ from pathlib import Path
 
 import numpy as np
 
-from multidistill import acting, environments, files
+from multidistill import acting, environments, files, statistics
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
+
+# Default evaluation episodes per game and policy, where the variance is:
+# chosen so that the main job's geometric mean of student/teacher (Pong,
+# Q*bert, Freeway) has a 95 % interval of about +-5 points at the least
+# evaluation time. The coefficients of variation of the teachers' returns
+# over 30 episodes (cards of 2026-11-22) were Pong 0.16, Q*bert 0.46 (its
+# returns are bimodal: about 4,100 or about 550), Freeway 0.05, and their
+# episodes last 2,270, 690 and 2,040 agent steps. With student and teacher
+# alike, the variance of the log ratio on game g is about 2 cv_g^2 / n_g,
+# and minimising the steps played sum n_g L_g for a given variance of the
+# mean of the three log ratios gives n_g proportional to cv_g / sqrt(L_g):
+# Pong 25, Q*bert 131, Freeway 9 for +-5 points, rounded here to multiples
+# of the 16 default environments. Other games get DEFAULT_EPISODES.
+EPISODES_BY_GAME = {"pong": 32, "qbert": 128, "freeway": 16}
+DEFAULT_EPISODES = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +57,9 @@ class EvalProtocol:
     """How episodes are played for a score.
 
     Attributes:
-      num_episodes: episodes per game and policy.
+      num_episodes: episodes per game and policy for every game; 0 takes
+        each game's default (`EPISODES_BY_GAME`, else `DEFAULT_EPISODES`).
+      episodes_per_game: (game, episodes) pairs that override the above.
       epsilon: probability of a uniformly random action.
       num_envs: environments stepped together.
       seed: environment i of the evaluation is reset with seed + i.
@@ -47,27 +72,46 @@ class EvalProtocol:
         which random draw lands where, not what is measured.
     """
 
-    num_episodes: int = 8
+    num_episodes: int = 0
+    episodes_per_game: tuple[tuple[str, int], ...] = ()
     epsilon: float = 0.05
-    num_envs: int = 8
+    num_envs: int = 16
     seed: int = 1_000_000
     num_threads: int = 0
     num_env_groups: int = 0
     overlap_env_groups: bool | None = None
 
     def __post_init__(self):
-        if self.num_episodes < 1:
-            raise ValueError(f"num_episodes must be >= 1, found {self.num_episodes}")
+        if self.num_episodes < 0:
+            raise ValueError(f"num_episodes must be >= 0 (0: per game), found "
+                             f"{self.num_episodes}")
+        for game, n in self.episodes_per_game:
+            if int(n) < 1:
+                raise ValueError(f"episodes for {game} must be >= 1, found {n}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], found {self.epsilon}")
         if self.num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, found {self.num_envs}")
 
-    def to_dict(self) -> dict:
+    def episodes(self, game: str) -> int:
+        """Episodes per policy on `game`."""
+        given = dict(self.episodes_per_game)
+        if game in given:
+            return int(given[game])
+        if self.num_episodes > 0:
+            return self.num_episodes
+        return EPISODES_BY_GAME.get(game, DEFAULT_EPISODES)
+
+    def to_dict(self, games: list[str] | None = None) -> dict:
+        """The settings that change what is measured; with `games`, the episodes
+        each gets (`episodes_per_game`)."""
         d = dataclasses.asdict(self)
         d.pop("num_threads")
         d.pop("num_env_groups")
         d.pop("overlap_env_groups")
+        d["episodes_per_game"] = {g: n for g, n in self.episodes_per_game}
+        if games is not None:
+            d["episodes_per_game"] = {g: self.episodes(g) for g in games}
         return d
 
 
@@ -93,9 +137,15 @@ class Scores:
     def std(self) -> float:
         return float(np.std(self.returns))
 
+    def interval(self, boot: statistics.Bootstrap = statistics.Bootstrap()) -> list[float]:
+        """The bootstrap interval of the mean return (95 % by default)."""
+        return list(statistics.mean_interval(self.returns, boot))
+
     def to_dict(self) -> dict:
         return {
             "mean": self.mean,
+            "ci": self.interval(),
+            "confidence": statistics.Bootstrap().confidence,
             "std": self.std,
             "episodes": len(self.returns),
             "returns": [float(r) for r in self.returns],
@@ -125,7 +175,7 @@ def evaluate(
     progress: bool = True,
     label: str = "",
 ) -> Scores:
-    """Plays `protocol.num_episodes` episodes of `game` with a network.
+    """Plays `protocol.episodes(game)` episodes of `game` with a network.
 
     Args:
       game: ROM id.
@@ -139,9 +189,10 @@ def evaluate(
     Returns:
       The episode returns and lengths, in the order of (environment, episode).
     """
-    n_envs = min(protocol.num_envs, protocol.num_episodes)
-    quota = np.full(n_envs, protocol.num_episodes // n_envs)
-    quota[: protocol.num_episodes % n_envs] += 1
+    num_episodes = protocol.episodes(game)
+    n_envs = min(protocol.num_envs, num_episodes)
+    quota = np.full(n_envs, num_episodes // n_envs)
+    quota[: num_episodes % n_envs] += 1
     rng = np.random.default_rng([protocol.seed, 7])
     num_groups, overlap = environments.env_groups(protocol.num_env_groups,
                                                   protocol.overlap_env_groups)
@@ -156,7 +207,7 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=protocol.num_episodes, desc=f"eval {label or game}",
+        bar = tqdm(total=num_episodes, desc=f"eval {label or game}",
                    unit="episode", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
@@ -268,14 +319,23 @@ def teacher_kinds_of(student) -> dict[str, str]:
 def evaluate_run(student, games, teachers_dir, preprocessing: environments.Preprocessing,
                  protocol: EvalProtocol, evaluate_teachers: bool = True,
                  out_dir: str | os.PathLike | None = None, progress: bool = True,
-                 extra: dict | None = None, allow_unsafe_teacher: bool = False) -> dict:
+                 extra: dict | None = None, allow_unsafe_teacher: bool = False,
+                 video_seconds: float = 0.0) -> dict:
     """Evaluates the student on `games` (and their teachers), writes the report.
 
     Teachers are played under the same protocol and seeds as the student
-    when `evaluate_teachers`; otherwise the score on their card is used.
+    when `evaluate_teachers` (the per-game ratio is then paired by episode);
+    otherwise the score on their card is used (its episodes, when the card
+    lists them, resampled independently).
+
+    Args:
+      video_seconds: with `out_dir`, also record per game a side-by-side
+        video of the student and its teacher playing the evaluation's first
+        seed (`videos/<game>.gif`), at most this long in game time; 0: none.
 
     Returns:
-      The report (see `make_report`), also written to `out_dir` if given.
+      The report (see `make_report`), also written to `out_dir` if given,
+      with `report.md`, the videos and the plot `percent_of_teacher.png`.
     """
     missing = [g for g in games if g not in student.games]
     if missing:
@@ -283,11 +343,14 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             f"--games names {missing}, which the student has no head for: it was "
             f"trained on {student.games}")
     kinds = teacher_kinds_of(student)
-    student_scores, teacher_scores = {}, {}
+    student_scores, teacher_scores, teacher_params, videos = {}, {}, {}, {}
     for game in games:
-        if evaluate_teachers:
+        teacher = None
+        if evaluate_teachers or (video_seconds > 0 and out_dir is not None):
             teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing,
                                                 allow_unsafe=allow_unsafe_teacher)
+            teacher_params[game] = int(teacher.policy_model.count_params())
+        if evaluate_teachers:
             s = evaluate(game, predict_fn(teacher.policy_model), teacher.kind, preprocessing,
                          protocol, progress, label=f"{game} teacher")
             teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
@@ -299,10 +362,26 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                 raise ValueError(f"teacher card {card_path} holds no evaluation score: "
                                  "evaluate the teachers (--evaluate_teachers)")
             teacher_scores[game] = dict(ev, source=f"card ({ev.get('episodes')} episodes)")
+            if ev.get("returns") and "ci" not in ev:
+                teacher_scores[game]["ci"] = list(statistics.mean_interval(ev["returns"]))
         net = student.policy_network(game)
-        student_scores[game] = evaluate(game, predict_fn(net), kinds[game], preprocessing,
+        student_predict = predict_fn(net)
+        student_scores[game] = evaluate(game, student_predict, kinds[game], preprocessing,
                                         protocol, progress, label=f"{game} student")
-    report = make_report(student_scores, teacher_scores, protocol, preprocessing, extra)
+        if video_seconds > 0 and out_dir is not None:
+            from multidistill import videos as videos_lib
+
+            v = videos_lib.record_side_by_side(
+                game, [("student", student_predict, kinds[game]),
+                       ("teacher", predict_fn(teacher.policy_model), teacher.kind)],
+                preprocessing, seed=protocol.seed, epsilon=protocol.epsilon,
+                out_path=Path(out_dir) / "videos" / f"{game}.gif", max_seconds=video_seconds)
+            v["path"] = os.path.relpath(v["path"], out_dir)
+            videos[game] = v
+    sizes = {"student_parameters": int(student.count_params()),
+             "teacher_parameters": teacher_params}
+    report = make_report(student_scores, teacher_scores, protocol, preprocessing,
+                         dict(sizes, **(extra or {})), videos=videos)
     if out_dir is not None:
         write_report(report, out_dir)
     return report
@@ -311,34 +390,48 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
 # -- reports ---------------------------------------------------------------
 
 
-def _geometric_mean(values: list[float]) -> float | None:
-    if not values or any(v <= 0 for v in values):
-        return None
-    return float(math.exp(np.mean(np.log(values))))
-
-
 def make_report(student_scores: dict[str, Scores], teacher_scores: dict[str, dict],
                 protocol: EvalProtocol, preprocessing: environments.Preprocessing,
-                extra: dict | None = None) -> dict:
-    """Builds the report: per game teacher and student scores and ratios.
+                extra: dict | None = None, videos: dict | None = None,
+                boot: statistics.Bootstrap = statistics.Bootstrap()) -> dict:
+    """Builds the report: per game teacher and student scores and ratios, with intervals.
 
     Args:
       student_scores: per game, the student's episodes.
-      teacher_scores: per game, {"mean", "std", "episodes", "source"}.
+      teacher_scores: per game, {"mean", "std", "episodes", "source"} and,
+        where known, "returns" (with as many episodes as the student's and
+        the source "evaluated with the student", they are paired).
       protocol: the evaluation protocol.
       preprocessing: the environment spec.
       extra: more fields for the report (run name, training summary).
+      videos: per game, what `videos.record_side_by_side` returned.
+      boot: how intervals are computed (`multidistill.statistics`).
 
     Returns:
-      The report as a JSON-ready dict.
+      The report as a JSON-ready dict: every score with its interval
+      ("ci": [low, high] at `statistics.confidence`).
     """
+    samples, norms = {}, {}
+    for game, s in student_scores.items():
+        t = teacher_scores[game]
+        t_returns = t.get("returns")
+        paired = (t.get("source") == "evaluated with the student" and t_returns is not None
+                  and len(t_returns) == len(s.returns))
+        samples[game] = statistics.GameSample(
+            s.returns, t_returns if t_returns else None, teacher_mean=t["mean"],
+            paired=paired)
+        info = games_lib.get_game(game)
+        norms[game] = None if info.human_score is None else (
+            lambda x, info=info: (np.asarray(x) - info.random_score)
+            / (info.human_score - info.random_score))
+    intervals = statistics.game_intervals(samples, norms, boot)
+
     rows = {}
-    ratios, ratios_above_random = [], []
+    ratios_above_random = []
     for game, s in student_scores.items():
         info = games_lib.get_game(game)
         t = teacher_scores[game]
-        # A ratio of scores means something only for a positive teacher score.
-        ratio = s.mean / t["mean"] if t["mean"] > 0 else None
+        pct = intervals["games"][game]["percent_of_teacher"]
         rnd = info.random_score
         above = None
         if rnd is not None and t["mean"] != rnd:
@@ -346,23 +439,24 @@ def make_report(student_scores: dict[str, Scores], teacher_scores: dict[str, dic
         rows[game] = {
             "student": s.to_dict(),
             "teacher": t,
-            "student_percent_of_teacher": None if ratio is None else 100 * ratio,
+            "student_percent_of_teacher": pct["value"],
+            "student_percent_of_teacher_ci": pct["ci"],
+            "paired": intervals["games"][game]["paired"],
             "student_percent_of_teacher_above_random": None if above is None else 100 * above,
             "student_human_normalized": info.human_normalized(s.mean),
             "teacher_human_normalized": info.human_normalized(t["mean"]),
             "random_score": rnd,
             "human_score": info.human_score,
         }
-        if ratio is not None:
-            ratios.append(ratio)
         if above is not None:
             ratios_above_random.append(above)
-    gm = _geometric_mean(ratios) if len(ratios) == len(rows) else None
     gm_above = (_geometric_mean(ratios_above_random)
                 if len(ratios_above_random) == len(rows) else None)
-    return {
+    gm = intervals["geometric_mean_percent_of_teacher"]
+    report = {
         "games": rows,
-        "geometric_mean_percent_of_teacher": None if gm is None else 100 * gm,
+        "geometric_mean_percent_of_teacher": gm["value"],
+        "geometric_mean_percent_of_teacher_ci": gm["ci"],
         "geometric_mean_percent_of_teacher_note": (
             "Rusu et al.'s metric: geometric mean over games of student/teacher "
             "mean score; undefined (null) when a teacher's score is <= 0 (e.g. "
@@ -371,10 +465,21 @@ def make_report(student_scores: dict[str, Scores], teacher_scores: dict[str, dic
             "at or below random."),
         "geometric_mean_percent_of_teacher_above_random": (
             None if gm_above is None else 100 * gm_above),
-        "protocol": protocol.to_dict(),
+        "human_normalized": intervals["human_normalized"],
+        "statistics": boot.to_dict(),
+        "protocol": protocol.to_dict(list(student_scores)),
         "preprocessing": preprocessing.to_dict(),
         **(extra or {}),
     }
+    if videos:
+        report["videos"] = videos
+    return report
+
+
+def _geometric_mean(values: list[float]) -> float | None:
+    if not values or any(v <= 0 for v in values):
+        return None
+    return float(math.exp(np.mean(np.log(values))))
 
 
 def _fmt(x, digits=1):
@@ -383,40 +488,112 @@ def _fmt(x, digits=1):
     return f"{x:,.{digits}f}"
 
 
-def report_markdown(report: dict) -> str:
+def _fmt_ci(value, ci, digits=1) -> str:
+    """"12.3 [10.1, 14.5]", or the value alone when there is no interval."""
+    if value is None:
+        return "n/a"
+    if not ci:
+        return _fmt(value, digits)
+    return f"{_fmt(value, digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def report_markdown(report: dict, links: bool = True) -> str:
+    """The report as Markdown: tables with intervals, links to videos and plots.
+
+    Args:
+      report: what `make_report` returned.
+      links: include the links to files beside the report (videos, plots).
+    """
+    conf = report.get("statistics", {}).get("confidence", 0.95)
     lines = [
-        "| game | teacher | student | % of teacher | % of teacher (above random) "
+        f"Every score: mean [{100 * conf:.0f} % bootstrap interval]; episodes per game and "
+        "policy in brackets after the game.",
+        "",
+        "| game | teacher | student | student % of teacher | % of teacher (above random) "
         "| student human-norm. |",
         "|---|---|---|---|---|---|",
     ]
     for game, r in report["games"].items():
         t, s = r["teacher"], r["student"]
         lines.append(
-            f"| {game} | {_fmt(t['mean'])} ± {_fmt(t['std'])} | {_fmt(s['mean'])} ± "
-            f"{_fmt(s['std'])} | {_fmt(r['student_percent_of_teacher'])} | "
-            f"{_fmt(r['student_percent_of_teacher_above_random'])} | "
+            f"| {game} ({s['episodes']}) | {_fmt_ci(t['mean'], t.get('ci'))} | "
+            f"{_fmt_ci(s['mean'], s.get('ci'))} | "
+            f"{_fmt_ci(r['student_percent_of_teacher'], r.get('student_percent_of_teacher_ci'))}"
+            f" | {_fmt(r['student_percent_of_teacher_above_random'])} | "
             f"{_fmt(r['student_human_normalized'], 2)} |"
         )
     p = report["protocol"]
     pre = report["preprocessing"]
+    gm = _fmt_ci(report["geometric_mean_percent_of_teacher"],
+                 report.get("geometric_mean_percent_of_teacher_ci"))
     lines += [
         "",
-        f"Geometric mean of student/teacher: "
-        f"{_fmt(report['geometric_mean_percent_of_teacher'])} % "
-        f"(above random: {_fmt(report['geometric_mean_percent_of_teacher_above_random'])} %)",
+        f"**Geometric mean of student/teacher: {gm} %** (above random: "
+        f"{_fmt(report['geometric_mean_percent_of_teacher_above_random'])} %)",
+    ]
+    human = report.get("human_normalized") or {}
+    if human.get("student"):
+        parts = []
+        for name in ("mean", "median", "iqm"):
+            s_est, t_est = human["student"].get(name), (human.get("teacher") or {}).get(name)
+            if s_est:
+                parts.append(f"{name.upper() if name == 'iqm' else name} "
+                             f"{_fmt_ci(s_est['value'], s_est['ci'], 2)}"
+                             + (f" (teachers {_fmt_ci(t_est['value'], t_est['ci'], 2)})"
+                                if t_est else ""))
+        note = ("" if human["student"].get("median") else
+                f"; median and IQM need >= {statistics.MIN_GAMES_FOR_MEDIAN_AND_IQM} games")
+        lines += ["", "Human-normalised score over games, student: " + "; ".join(parts)
+                  + note + "."]
+    sizes = report.get("student_parameters")
+    if sizes:
+        tp = report.get("teacher_parameters") or {}
+        share = (f" ({100 * sizes / np.mean(list(tp.values())):.1f} % of one teacher's "
+                 f"{int(np.mean(list(tp.values()))):,})" if tp else "")
+        lines += ["", f"Student: {sizes:,} parameters for all its games{share}."]
+    if links:
+        extras = []
+        if report.get("videos"):
+            extras.append("Videos (student left, teacher right, the same seed): " + ", ".join(
+                f"[{g}]({v['path']})" for g, v in report["videos"].items()))
+        for name, path in (report.get("plots") or {}).items():
+            extras.append(f"![{name}]({path})")
+        for e in extras:
+            lines += ["", e]
+    episodes = p.get("episodes_per_game") or {}
+    lines += [
         "",
-        f"Protocol: {p['num_episodes']} episodes per game and policy, epsilon "
-        f"{p['epsilon']}, up to {pre['noop_max']} no-op starts, sticky actions "
+        "Protocol: episodes per game and policy "
+        + ", ".join(f"{g} {n}" for g, n in episodes.items())
+        + f"; epsilon {p['epsilon']}, up to {pre['noop_max']} no-op starts, sticky actions "
         f"{pre['sticky_action_prob']}, episodes capped at {pre['max_episode_frames']:,} "
-        f"frames, seeds {p['seed']}..{p['seed'] + p['num_envs'] - 1}. Teacher scores: "
+        f"frames, {p['num_envs']} environments seeded {p['seed']}.. (environment i: seed + "
+        "i). Teacher scores: "
         + ", ".join(f"{g}: {r['teacher'].get('source', 'evaluated')}"
+                    + (", paired by episode" if r.get("paired") else "")
                     for g, r in report["games"].items()) + ".",
     ]
+    if report.get("statistics"):
+        st = report["statistics"]
+        lines += ["", f"Intervals: {st['method']}, {st['resamples']:,} resamples, seed "
+                      f"{st['seed']} (`multidistill.statistics`)."]
     return "\n".join(lines) + "\n"
 
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Writes report.json, the plot percent_of_teacher.png and report.md into `out_dir`."""
+    from multidistill import summaries
+
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = dict(report.get("plots") or {})
+    png = summaries.plot_percent_of_teacher({"": report}, out_dir / "percent_of_teacher.png")
+    if png is not None:
+        plots["student % of teacher"] = png.name
+    if (out_dir / "curves.png").exists():
+        plots["distillation curves"] = "curves.png"
+    if plots:
+        report["plots"] = plots
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     files.atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     files.atomic_write_text(md_path, "# multidistill report\n\n" + report_markdown(report))

@@ -161,7 +161,7 @@ def test_help_lists_every_flag_with_text():
         assert f"  {flag}:" in out or f"  --[no]{flag[2:]}:" in out, flag
     # Defaults are the configs' (cli defines each flag once, from them).
     assert "--num_grad_steps: Gradient steps of the whole run.\n    (default: '25000')" in out
-    assert "(default: '8')" in out.split("--eval_episodes:")[1].split("--")[0]
+    assert "(default: 'auto')" in out.split("--eval_episodes:")[1].split("--")[0]
 
 
 # -- flags to configs, in process ------------------------------------------------
@@ -200,7 +200,8 @@ def test_flag_defaults_are_the_configs_defaults(parse):
     cli = parse()
     assert cli.collect_config_from_flags() == collect.CollectConfig()
     assert cli.eval_protocol_from_flags() == evaluation.EvalProtocol()
-    assert cli.eval_protocol_from_flags().num_episodes == 8
+    assert cli.eval_protocol_from_flags().num_episodes == 0  # auto: per game
+    assert cli.FLAGS.videos is True and cli.FLAGS.video_seconds == 30.0
     assert cli.preprocessing_from_flags() == environments.Preprocessing()
     assert cli.distill_config_from_flags(["pong", "freeway"], ["q_values", "logits"]) == (
         distiller.DistillConfig(
@@ -231,6 +232,8 @@ def test_flags_map_to_configs(parse):
     e = cli.eval_protocol_from_flags()
     assert (e.num_episodes, e.epsilon, e.num_envs, e.seed) == (3, 0.0, 2, 11)
     assert cli.preprocessing_from_flags().sticky_action_prob == 0.25
+    e = parse("--eval_episodes=Q*bert:200,pong:48").eval_protocol_from_flags()
+    assert [e.episodes(g) for g in ("qbert", "pong", "freeway")] == [200, 48, 16]
 
 
 @pytest.mark.parametrize("argv, build, message", [
@@ -239,6 +242,10 @@ def test_flags_map_to_configs(parse):
     (["--num_agent_steps=0"], "collect", "--num_agent_steps must be >= 1, found 0"),
     (["--num_envs=0"], "collect", "--num_envs must be >= 1, found 0"),
     (["--eval_episodes=0"], "eval", "--eval_episodes must be >= 1, found 0"),
+    (["--eval_episodes=pong:x"], "eval", "--eval_episodes: 'x' for pong is not a number"),
+    (["--eval_episodes=pong:1.5"], "eval",
+     "--eval_episodes: episodes must be whole numbers >= 1, found {'pong': 1.5}"),
+    (["--eval_episodes=many"], "eval", "--eval_episodes: expected game:value pairs"),
     (["--eval_epsilon=2"], "eval", r"--eval_epsilon must be in [0, 1], found 2.0"),
     (["--eval_num_envs=0"], "eval", "--eval_num_envs must be >= 1, found 0"),
     (["--learning_rate=0"], "distill", "--learning_rate must be > 0, found 0.0"),

@@ -24,8 +24,35 @@ def test_report_ratios_human_normalised_and_geometric_mean():
     assert qb["student_percent_of_teacher_above_random"] == pytest.approx(50.0)
     assert r["geometric_mean_percent_of_teacher"] == pytest.approx(
         100 * math.sqrt(0.84 * (4163.9 / 8163.9)))
+    # Student {20, 22}: resample means 20 (1/4), 21 (1/2), 22 (1/4) -> [20, 22];
+    # the teacher known by its mean only -> % of teacher [80, 88].
+    assert fw["student"]["ci"] == pytest.approx([20.0, 22.0])
+    assert fw["student_percent_of_teacher_ci"] == pytest.approx([80.0, 88.0])
+    assert fw["paired"] is False
+    assert qb["student_percent_of_teacher_ci"] == pytest.approx(
+        [100 * 4163.9 / 8163.9] * 2)
     md = evaluation.report_markdown(r)
-    assert "| freeway | 25.0 ± 0.0 | 21.0 ± 1.0 | 84.0 |" in md
+    assert "| freeway (2) | 25.0 | 21.0 [20.0, 22.0] | 84.0 [80.0, 88.0] |" in md
+    gm = 100 * math.sqrt(0.84 * (4163.9 / 8163.9))
+    lo, hi = r["geometric_mean_percent_of_teacher_ci"]
+    assert lo == pytest.approx(100 * math.sqrt(0.80 * (4163.9 / 8163.9)))
+    assert hi == pytest.approx(100 * math.sqrt(0.88 * (4163.9 / 8163.9)))
+    assert f"**Geometric mean of student/teacher: {gm:.1f} [{lo:.1f}, {hi:.1f}] %**" in md
+
+
+def test_report_pairs_a_teacher_evaluated_on_the_same_seeds():
+    student = {"pong": _scores([10.0, 20.0, 5.0])}
+    teacher = {"pong": dict(_scores([20.0, 40.0, 10.0]).to_dict(),
+                            source="evaluated with the student")}
+    r = evaluation.make_report(student, teacher, evaluation.EvalProtocol(num_episodes=3),
+                               environments.Preprocessing())
+    row = r["games"]["pong"]
+    assert row["paired"] is True
+    # Episode by episode the student scores half: every paired resample says 50 %.
+    assert row["student_percent_of_teacher_ci"] == pytest.approx([50.0, 50.0])
+    assert r["protocol"]["episodes_per_game"] == {"pong": 3}
+    assert "pong: evaluated with the student, paired by episode" in \
+        evaluation.report_markdown(r)
 
 
 def test_ratio_undefined_for_a_non_positive_teacher_score():
@@ -42,12 +69,21 @@ def test_ratio_undefined_for_a_non_positive_teacher_score():
 
 def test_protocol_defaults_and_validation():
     p = evaluation.EvalProtocol()
-    assert (p.num_episodes, p.epsilon, p.num_envs, p.seed) == (8, 0.05, 8, 1_000_000)
+    assert (p.num_episodes, p.epsilon, p.num_envs, p.seed) == (0, 0.05, 16, 1_000_000)
+    # Episodes go where the variance is: per game defaults, then overrides.
+    assert [p.episodes(g) for g in ("pong", "qbert", "freeway", "breakout")] == [
+        32, 128, 16, evaluation.DEFAULT_EPISODES]
+    q = evaluation.EvalProtocol(num_episodes=5, episodes_per_game=(("qbert", 7),))
+    assert (q.episodes("pong"), q.episodes("qbert")) == (5, 7)
     # Execution settings are not part of what a report states.
-    assert p.to_dict() == {"num_episodes": 8, "epsilon": 0.05, "num_envs": 8,
-                           "seed": 1_000_000}
-    with pytest.raises(ValueError, match="num_episodes must be >= 1, found 0"):
-        evaluation.EvalProtocol(num_episodes=0)
+    assert p.to_dict(["pong", "qbert"]) == {
+        "num_episodes": 0, "episodes_per_game": {"pong": 32, "qbert": 128},
+        "epsilon": 0.05, "num_envs": 16, "seed": 1_000_000}
+    with pytest.raises(ValueError, match=r"num_episodes must be >= 0 \(0: per game\), "
+                                         "found -1"):
+        evaluation.EvalProtocol(num_episodes=-1)
+    with pytest.raises(ValueError, match="episodes for qbert must be >= 1, found 0"):
+        evaluation.EvalProtocol(episodes_per_game=(("qbert", 0),))
     with pytest.raises(ValueError, match=r"epsilon must be in \[0, 1\], found 2"):
         evaluation.EvalProtocol(epsilon=2)
 
