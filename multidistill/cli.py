@@ -70,11 +70,14 @@ def require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """absl's app.run, with known errors printed as one message and exit code 2."""
+def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
+    """absl's app.run, with known errors printed as one message and exit code 2.
+
+    Arguments that are not flags are refused unless `positional` (then main
+    gets them in argv[1:])."""
 
     def wrapped(argv):
-        if len(argv) > 1:
+        if len(argv) > 1 and not positional:
             print(f"error: unexpected arguments {argv[1:]} (flags are --name=value)",
                   file=sys.stderr)
             sys.exit(2)
