@@ -185,7 +185,7 @@ def plot_run_curves(run_dir: str | os.PathLike, games) -> Path | None:
          ("training loss", ["losses/train_loss"]),
          ("evaluation: student % of teacher", list(pct))],
         "gradient steps", smoothing=0.6, intervals=pct,
-        labels={tag: "geometric mean"})
+        labels={tag: "geometric mean", **{f"eval/percent_of_teacher/{g}": g for g in games}})
 
 
 def evaluation_scalars(report: dict) -> dict[str, float]:

@@ -137,9 +137,12 @@ class Scores:
     def std(self) -> float:
         return float(np.std(self.returns))
 
-    def interval(self, boot: statistics.Bootstrap = statistics.Bootstrap()) -> list[float]:
-        """The bootstrap interval of the mean return (95 % by default)."""
-        return list(statistics.mean_interval(self.returns, boot))
+    def interval(self, boot: statistics.Bootstrap = statistics.Bootstrap()
+                 ) -> list[float] | None:
+        """The bootstrap interval of the mean return (95 % by default); None for one
+        episode."""
+        ci = statistics.mean_interval(self.returns, boot)
+        return None if ci is None else list(ci)
 
     def to_dict(self) -> dict:
         return {
@@ -363,7 +366,8 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                                  "evaluate the teachers (--evaluate_teachers)")
             teacher_scores[game] = dict(ev, source=f"card ({ev.get('episodes')} episodes)")
             if ev.get("returns") and "ci" not in ev:
-                teacher_scores[game]["ci"] = list(statistics.mean_interval(ev["returns"]))
+                ci = statistics.mean_interval(ev["returns"])
+                teacher_scores[game]["ci"] = None if ci is None else list(ci)
         net = student.policy_network(game)
         student_predict = predict_fn(net)
         student_scores[game] = evaluate(game, student_predict, kinds[game], preprocessing,
@@ -567,8 +571,8 @@ def report_markdown(report: dict, links: bool = True) -> str:
         + ", ".join(f"{g} {n}" for g, n in episodes.items())
         + f"; epsilon {p['epsilon']}, up to {pre['noop_max']} no-op starts, sticky actions "
         f"{pre['sticky_action_prob']}, episodes capped at {pre['max_episode_frames']:,} "
-        f"frames, {p['num_envs']} environments seeded {p['seed']}.. (environment i: seed + "
-        "i). Teacher scores: "
+        f"frames, {p['num_envs']} environments, environment i seeded {p['seed']} + i. "
+        "Teacher scores: "
         + ", ".join(f"{g}: {r['teacher'].get('source', 'evaluated')}"
                     + (", paired by episode" if r.get("paired") else "")
                     for g, r in report["games"].items()) + ".",

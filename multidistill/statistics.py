@@ -40,6 +40,8 @@ import numpy as np
 # games the IQM (25 % trimmed mean) is the plain mean and the median is one
 # game's score.
 MIN_GAMES_FOR_MEDIAN_AND_IQM = 4
+# A sample of one episode resamples to itself: no interval below this.
+MIN_EPISODES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +102,11 @@ def resampled_means(values: Sequence[float], indices: np.ndarray) -> np.ndarray:
 
 
 def mean_interval(values: Sequence[float], boot: Bootstrap = Bootstrap(),
-                  stream: int = 0) -> tuple[float, float]:
-    """Interval of the mean of `values` (e.g. one policy's episode returns)."""
+                  stream: int = 0) -> tuple[float, float] | None:
+    """Interval of the mean of `values` (e.g. one policy's episode returns); None for
+    fewer than MIN_EPISODES values, where resampling says nothing."""
+    if len(values) < MIN_EPISODES:
+        return None
     idx = resample_indices(len(values), boot.resamples, boot.rng(1, stream))
     return percentile_interval(resampled_means(values, idx), boot.confidence)
 
@@ -163,9 +168,10 @@ def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.take(values, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
 
 
-def _estimate(point: float | None, resampled: np.ndarray, confidence: float) -> dict:
-    ci = None if point is None or not np.isfinite(point) else percentile_interval(
-        resampled, confidence)
+def _estimate(point: float | None, resampled: np.ndarray, confidence: float,
+              enough: bool = True) -> dict:
+    ci = None if point is None or not np.isfinite(point) or not enough else \
+        percentile_interval(resampled, confidence)
     return {"value": None if point is None or not np.isfinite(point) else float(point),
             "ci": None if ci is None else list(ci)}
 
@@ -207,7 +213,8 @@ def game_intervals(samples: dict[str, GameSample],
         ratio_points.append(point)
         per_game[g] = {
             "percent_of_teacher": _estimate(None if point is None else 100 * point,
-                                            100 * ratio, boot.confidence),
+                                            100 * ratio, boot.confidence,
+                                            len(sample.student) >= MIN_EPISODES),
             "paired": sample.paired,
         }
     # Geometric mean of the ratios: defined when every ratio is > 0.
@@ -218,8 +225,10 @@ def game_intervals(samples: dict[str, GameSample],
         logs = np.log(np.where(np.stack(ratio_draws) > 0, np.stack(ratio_draws), np.nan)) \
             if games else np.zeros((0, r))
     gm_draws = 100 * np.exp(logs.mean(axis=0)) if games else np.zeros(r)
+    enough = all(len(samples[g].student) >= MIN_EPISODES for g in games)
     out = {"games": per_game,
-           "geometric_mean_percent_of_teacher": _estimate(gm_point, gm_draws, boot.confidence)}
+           "geometric_mean_percent_of_teacher": _estimate(gm_point, gm_draws, boot.confidence,
+                                                          enough)}
 
     # Human-normalised aggregates (only over games with reference scores).
     hn_games = [g for g in games if human_normalize.get(g) is not None]
@@ -230,11 +239,11 @@ def game_intervals(samples: dict[str, GameSample],
             continue
         d = np.stack([human_normalize[g](draws[g]) for g in hn_games])  # (G, R)
         p = np.array([float(human_normalize[g](np.array(points[g]))) for g in hn_games])
-        agg = {"mean": _estimate(float(p.mean()), d.mean(axis=0), boot.confidence)}
+        agg = {"mean": _estimate(float(p.mean()), d.mean(axis=0), boot.confidence, enough)}
         if len(hn_games) >= MIN_GAMES_FOR_MEDIAN_AND_IQM:
             agg["median"] = _estimate(float(np.median(p)), np.median(d, axis=0),
-                                      boot.confidence)
-            agg["iqm"] = _estimate(float(iqm(p)), iqm(d, axis=0), boot.confidence)
+                                      boot.confidence, enough)
+            agg["iqm"] = _estimate(float(iqm(p)), iqm(d, axis=0), boot.confidence, enough)
         else:
             agg["median"] = agg["iqm"] = None
         human[who] = agg

@@ -136,7 +136,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
     panels = [p for p in panels if p[1]]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False,
+                             sharex=True)  # One time axis for every panel.
     for ax, (title, tags) in zip(axes[0], panels):
         for tag in tags:
             xs, ys = zip(*sorted(series[tag]))
