@@ -29,6 +29,8 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -133,8 +135,10 @@ def record_side_by_side(
     if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or not 1 <= fps <= MAX_FPS:
         raise ValueError(f"fps must be an integer from 1 to {MAX_FPS} (GIF delays are in "
                          f"10 ms units), found {fps!r}")
-    if not float(max_seconds) > 0:
-        raise ValueError(f"max_seconds must be > 0, found {max_seconds!r}")
+    if not (float(max_seconds) > 0 and math.isfinite(max_seconds)):
+        raise ValueError(f"max_seconds must be a finite number > 0, found {max_seconds!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, found {seed!r}")
     max_frames = int(max_seconds * fps)
     if max_frames < 1:
         raise ValueError(f"max_seconds * fps must allow at least one frame, found "
@@ -163,7 +167,7 @@ def record_side_by_side(
                 desynced_at = k
                 desync = "; ".join(f"{r.label!r}: {p}" for r, p in problems)
                 break
-            frames.append(palette.index(_compose(runs, k)))
+            frames.append(palette.index(_compose(runs)))
             if all(r.over for r in runs):
                 break
     finally:
@@ -390,39 +394,52 @@ def _score_text(score: float) -> str:
     return f"{score:.0f}" if float(score).is_integer() else f"{score:.1f}"
 
 
-def _compose(runs: list[_Run], frame: int) -> np.ndarray:
-    """One video frame, (height, width, 3) uint8: per player a caption over its screen.
+@functools.cache
+def _font():
+    """Pillow's default font (a small FreeType one, or its bitmap fallback)."""
+    return ImageFont.load_default()
 
-    Captions are drawn without anti-aliasing, so the frame holds only the
-    screens' colours and three more.
-    """
+
+def _compose(runs: list[_Run]) -> np.ndarray:
+    """One video frame, (height, width, 3) uint8: per player a caption over its screen."""
     width, height = _frame_size(len(runs))
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[:] = _GAP_COLOUR
     for i, r in enumerate(runs):
         x = i * (SCREEN_WIDTH + GAP)
-        canvas[:CAPTION_HEIGHT, x:x + SCREEN_WIDTH] = _BACKGROUND
+        canvas[:CAPTION_HEIGHT, x:x + SCREEN_WIDTH] = np.where(
+            _caption(r)[..., None], np.uint8(_TEXT), np.uint8(_BACKGROUND))
         canvas[CAPTION_HEIGHT:, x:x + SCREEN_WIDTH] = r.screen
-    image = Image.fromarray(canvas)
+    return canvas
+
+
+def _caption(run: _Run) -> np.ndarray:
+    """A player's caption, (CAPTION_HEIGHT, SCREEN_WIDTH) bool, True on the text.
+
+    Line 1: label (shortened to fit) and "step N" (agent steps played);
+    line 2: "score S" and, once over, "episode over". The text is drawn
+    anti-aliased, then thresholded, so a frame holds only the screens'
+    colours and three more. (Pillow's own monochrome mode draws wider than
+    it measures, which breaks the layout.)
+    """
+    image = Image.new("L", (SCREEN_WIDTH, CAPTION_HEIGHT), 0)
     draw = ImageDraw.Draw(image)
-    draw.fontmode = "1"
-    font = ImageFont.load_default()
-    for i, r in enumerate(runs):
-        x = i * (SCREEN_WIDTH + GAP)
-        step = f"step {r.steps}"
-        right = x + SCREEN_WIDTH - 3
-        draw.text((right - draw.textlength(step, font=font), 1), step, fill=_TEXT, font=font)
-        room = SCREEN_WIDTH - 10 - draw.textlength(step, font=font)
-        label = r.label
-        while label and draw.textlength(label, font=font) > room:
-            label = label[:-2] + "…" if len(label) > 1 else ""
-        draw.text((x + 2, 1), label, fill=_TEXT, font=font)
-        draw.text((x + 2, 14), f"score {_score_text(r.score)}", fill=_TEXT, font=font)
-        if r.over:
-            note = "episode over"
-            draw.text((right - draw.textlength(note, font=font), 14), note, fill=_TEXT,
-                      font=font)
-    return np.asarray(image)
+    font = _font()
+    right = SCREEN_WIDTH - 3
+    step = f"step {run.steps}"
+    draw.text((right - draw.textlength(step, font=font), 1), step, fill=255, font=font)
+    room = SCREEN_WIDTH - 10 - draw.textlength(step, font=font)
+    label = run.label
+    if draw.textlength(label, font=font) > room:
+        while label and draw.textlength(label + "..", font=font) > room:
+            label = label[:-1]
+        label += ".."
+    draw.text((2, 1), label, fill=255, font=font)
+    draw.text((2, 14), f"score {_score_text(run.score)}", fill=255, font=font)
+    if run.over:
+        note = "episode over"
+        draw.text((right - draw.textlength(note, font=font), 14), note, fill=255, font=font)
+    return np.asarray(image) >= 128
 
 
 class _Palette:

@@ -227,6 +227,9 @@ def test_a_twin_that_drifts_stops_the_recording_there(tmp_path, spec, monkeypatc
     (dict(max_seconds=0), "max_seconds"),
     (dict(max_seconds=-1.0), "max_seconds"),
     (dict(max_seconds=0.01), "max_seconds * fps"),
+    (dict(max_seconds=float("inf")), "max_seconds"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=1.5), "seed"),
     (dict(epsilon=1.5), "epsilon"),
     (dict(game="pongg"), "unknown game"),
 ])
