@@ -263,7 +263,6 @@ def test_the_cap_is_max_seconds_times_fps_frames(tmp_path, spec, max_seconds, fp
         assert im.size == (videos.SCREEN_WIDTH, HEIGHT)  # One player: no gap.
 
 
-@pytest.mark.slow
 def test_an_episode_that_ends_first_freezes_its_column(tmp_path, spec):
     """Q*bert jumping UP off the pyramid ends at 275 agent steps; standing
     still is cut at 300 (the test spec's 1,200 frames). The recording runs
