@@ -43,8 +43,13 @@ def test_mean_interval_matches_exhaustive_enumeration():
     # within one grid step of the exact ones.
     assert lo == pytest.approx(exact[0], abs=0.2)
     assert hi == pytest.approx(exact[1], abs=0.2)
-    # And a constant sample has a zero-width interval.
+    # A constant sample has a zero-width interval; one episode has none.
     assert statistics.mean_interval([3.0] * 7) == (3.0, 3.0)
+    assert statistics.mean_interval([3.0]) is None
+    one = statistics.game_intervals({"g": statistics.GameSample([1.0], [2.0], paired=True)},
+                                    {"g": None})
+    assert one["games"]["g"]["percent_of_teacher"] == {"value": 50.0, "ci": None}
+    assert one["geometric_mean_percent_of_teacher"] == {"value": 50.0, "ci": None}
 
 
 def test_paired_ratio_uses_the_same_episodes():
