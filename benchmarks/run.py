@@ -54,7 +54,7 @@ class Sizes:
 
     repeats: int = 3
     num_envs: int = 32  # collect.CollectConfig.num_envs (a test checks)
-    eval_num_envs: int = 8  # evaluation.EvalProtocol.num_envs (a test checks)
+    eval_num_envs: int = 16  # evaluation.EvalProtocol.num_envs (a test checks)
     probe_steps: int = 4000
     build_steps: int = 20_000
     naive_steps: int = 2000
