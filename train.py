@@ -67,6 +67,7 @@ def main(argv):
     del argv
     _apply_preset()
     t_start = time.perf_counter()
+    commit = _commit()  # The code this run starts with (the tree may change while it runs).
     game_names = games_lib.parse_games(FLAGS.games)
     spec = cli.preprocessing_from_flags()
     collect_config = cli.collect_config_from_flags()
@@ -134,7 +135,7 @@ def main(argv):
         allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
         video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0,
         extra={"run_dir": str(run_dir), "preset": FLAGS.preset,
-               "command": " ".join(["python", *sys.argv]), "commit": _commit(),
+               "command": " ".join(["python", *sys.argv]), "commit": commit,
                "training": train_summary, "datasets": summaries,
                "config": config.to_dict(),
                "timing": {"build_seconds": build_seconds,

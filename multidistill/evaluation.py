@@ -380,7 +380,8 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                        ("teacher", predict_fn(teacher.policy_model), teacher.kind)],
                 preprocessing, seed=protocol.seed, epsilon=protocol.epsilon,
                 out_path=Path(out_dir) / "videos" / f"{game}.gif", max_seconds=video_seconds)
-            v["path"] = os.path.relpath(v["path"], out_dir)
+            if v["path"] is not None:  # None: the twin screen never matched (see videos).
+                v["path"] = os.path.relpath(v["path"], out_dir)
             videos[game] = v
     sizes = {"student_parameters": int(student.count_params()),
              "teacher_parameters": teacher_params}
@@ -559,7 +560,9 @@ def report_markdown(report: dict, links: bool = True) -> str:
         extras = []
         if report.get("videos"):
             extras.append("Videos (student left, teacher right, the same seed): " + ", ".join(
-                f"[{g}]({v['path']})" for g, v in report["videos"].items()))
+                f"[{g}]({v['path']})" + (f" (stopped at step {v['desynced_at_step']}: "
+                                         f"{v['desync']})" if v.get("desync") else "")
+                for g, v in report["videos"].items() if v.get("path")))
         for name, path in (report.get("plots") or {}).items():
             extras.append(f"![{name}]({path})")
         for e in extras:

@@ -30,7 +30,21 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
         assert row["student_human_normalized"] == pytest.approx(
             (row["student"]["mean"] - row["random_score"])
             / (row["human_score"] - row["random_score"]))
-    assert "| pong |" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "| pong (1) |" in md
+    # The videos decode, one frame per agent step up to the cap, and are linked.
+    from PIL import Image
+
+    for g in ("pong", "freeway"):
+        video = report["videos"][g]
+        with Image.open(run / video["path"]) as gif:
+            assert gif.n_frames == video["frames"] >= 2
+        assert f"[{g}](videos/{g}.gif)" in md
+    assert report["plots"]["student % of teacher"] == "percent_of_teacher.png"
+    assert (run / "percent_of_teacher.png").exists()
+    assert report["timing"]["total_seconds"] >= report["timing"]["eval_seconds"] > 0
+    metrics = (run / "metrics.jsonl").read_text()
+    assert '"charts/student_return/pong"' in metrics
     assert report["training"]["grad_steps"] == 12
 
     # Rerunning resumes: nothing left to train, datasets already big enough.
