@@ -39,16 +39,18 @@ from multidistill import teachers as teachers_lib
 # Default evaluation episodes per game and policy, where the variance is:
 # chosen so that the main job's geometric mean of student/teacher (Pong,
 # Q*bert, Freeway) has a 95 % interval of about +-5 points at the least
-# evaluation time. The coefficients of variation of the teachers' returns
-# over 30 episodes (cards of 2026-11-22) were Pong 0.16, Q*bert 0.46 (its
-# returns are bimodal: about 4,100 or about 550), Freeway 0.05, and their
-# episodes last 2,270, 690 and 2,040 agent steps. With student and teacher
-# alike, the variance of the log ratio on game g is about 2 cv_g^2 / n_g,
-# and minimising the steps played sum n_g L_g for a given variance of the
-# mean of the three log ratios gives n_g proportional to cv_g / sqrt(L_g):
-# Pong 25, Q*bert 131, Freeway 9 for +-5 points, rounded here to multiples
-# of the 16 default environments. Other games get DEFAULT_EPISODES.
-EPISODES_BY_GAME = {"pong": 32, "qbert": 128, "freeway": 16}
+# evaluation time. In the main job of 2026-11-29 (32/128/16 episodes) the
+# coefficients of variation of the returns were, student/teacher, Pong
+# 0.24/0.24, Q*bert 0.46/0.51 (bimodal returns: about 4,100 or about 550),
+# Freeway 0.04/0.05, with no correlation between the paired episodes, and
+# episodes lasted 2,370, 670 and 2,040 agent steps; its interval was
+# -5.4/+5.9 points. The variance of game g's log ratio is about
+# (cv_S^2 + cv_T^2) / n_g; minimising the steps played, sum n_g L_g, for a
+# given variance of the mean of the three log ratios gives n_g proportional
+# to sqrt((cv_S^2 + cv_T^2) / L_g): Pong 45, Q*bert 169, Freeway 9 for
+# +-5 points, rounded up here to multiples of the 16 default environments.
+# Other games get DEFAULT_EPISODES.
+EPISODES_BY_GAME = {"pong": 48, "qbert": 176, "freeway": 16}
 DEFAULT_EPISODES = 32
 
 

@@ -72,12 +72,12 @@ def test_protocol_defaults_and_validation():
     assert (p.num_episodes, p.epsilon, p.num_envs, p.seed) == (0, 0.05, 16, 1_000_000)
     # Episodes go where the variance is: per game defaults, then overrides.
     assert [p.episodes(g) for g in ("pong", "qbert", "freeway", "breakout")] == [
-        32, 128, 16, evaluation.DEFAULT_EPISODES]
+        48, 176, 16, evaluation.DEFAULT_EPISODES]
     q = evaluation.EvalProtocol(num_episodes=5, episodes_per_game=(("qbert", 7),))
     assert (q.episodes("pong"), q.episodes("qbert")) == (5, 7)
     # Execution settings are not part of what a report states.
     assert p.to_dict(["pong", "qbert"]) == {
-        "num_episodes": 0, "episodes_per_game": {"pong": 32, "qbert": 128},
+        "num_episodes": 0, "episodes_per_game": {"pong": 48, "qbert": 176},
         "epsilon": 0.05, "num_envs": 16, "seed": 1_000_000}
     with pytest.raises(ValueError, match=r"num_episodes must be >= 0 \(0: per game\), "
                                          "found -1"):
