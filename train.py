@@ -53,7 +53,7 @@ cli.define_distill_flags()
 cli.define_eval_flags()
 flags.adopt_module_key_flags(cli)  # Show them in `python train.py --help`.
 flags.DEFINE_enum("preset", "default", list(PRESETS),
-                  "default: the full run (about 18 minutes on 2 CPU cores); smoke: every "
+                  "default: the full run (about 22 minutes on 2 CPU cores); smoke: every "
                   "stage on tiny sizes, a few minutes.")
 
 
