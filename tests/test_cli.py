@@ -40,8 +40,12 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
         with Image.open(run / video["path"]) as gif:
             assert gif.n_frames == video["frames"] >= 2
         assert f"[{g}](videos/{g}.gif)" in md
-    assert report["plots"]["student % of teacher"] == "percent_of_teacher.png"
-    assert (run / "percent_of_teacher.png").exists()
+    assert report["plots"]["distillation curves"] == "curves.png"
+    # The tiny teachers may score <= 0, where a ratio (and so its plot) is undefined.
+    ratios = [r["student_percent_of_teacher"] for r in report["games"].values()]
+    has_plot = any(x is not None for x in ratios)
+    assert (report["plots"].get("student % of teacher") == "percent_of_teacher.png") is has_plot
+    assert (run / "percent_of_teacher.png").exists() is has_plot
     assert report["timing"]["total_seconds"] >= report["timing"]["eval_seconds"] > 0
     metrics = (run / "metrics.jsonl").read_text()
     assert '"charts/student_return/pong"' in metrics
