@@ -329,8 +329,8 @@ def eval_protocol_from_flags():
 
 _RUN_FLAGS = ("num_env_frames", "eval_every_frames", "eval_episodes", "final_eval_episodes",
               "checkpoint_every_s", "seed")
-_DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end")
-_PPO_FLAGS = ("num_envs", "behaviour_epsilon")
+_DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end", "teacher_start_epsilon")
+_PPO_FLAGS = ("num_envs", "behaviour_epsilon", "lr_horizon_frames", "orthogonal_init")
 
 
 def define_teacher_training_flags():
@@ -385,6 +385,18 @@ def define_teacher_training_flags():
                        "once the decay is over (in [0, 1]; default the evaluation protocol's "
                        "epsilon, so the uncorrected n-step returns value the policy that is "
                        "scored; Dopamine uses 0.01, Nature DQN 0.1).")
+    flags.DEFINE_integer("lr_horizon_frames", ppo.PPOConfig.lr_horizon_frames,
+                         "PPO only: emulator frames over which the learning rate anneals "
+                         "linearly to 0, whatever --num_env_frames is (so a run can be "
+                         "extended without a collapsed rate); 0: over --num_env_frames.")
+    flags.DEFINE_bool("orthogonal_init", ppo.PPOConfig.orthogonal_init,
+                      "PPO only: CleanRL's initialisation (orthogonal kernels: gain sqrt(2) "
+                      "in the trunk, 0.01 policy head, 1 value head); off: Keras' default.")
+    flags.DEFINE_enum("teacher_start_epsilon", dqn.DQNConfig.teacher_start_epsilon,
+                      ["final", "schedule"],
+                      "DQN only, with --init_from_teacher: final explores at --epsilon_end "
+                      "from the first step; schedule goes on where the card's counters put "
+                      "the epsilon schedule (epsilon 1 without them).")
     flags.DEFINE_bool("init_from_teacher", False,
                       "Without a checkpoint, start from the teacher in --teachers_dir: its "
                       "weights (critic included) and the counters its card recorded (so "

@@ -262,10 +262,15 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 def clear_status_flags(path: str | os.PathLike) -> bool:
     """Clears the "open for writing" flags that a killed SWMR writer leaves.
 
-    HDF5 refuses to open such a file for writing again (`h5clear` is the C
-    tool for this; it is not shipped with h5py). The flags live in the
+    HDF5 refuses to open such a file for writing again (`h5clear -s` is the
+    C tool for this; it is not shipped with h5py). The flags live in the
     version 2/3 superblock at offset 0, guarded by a lookup3 checksum. Only
     call this while holding the dataset's lock (no writer is running).
+
+    A killed SWMR writer can also leave the superblock's end-of-file address
+    (the EOA) behind data it had already flushed: SWMR readers read past it,
+    a plain reader fails there with "addr overflow". So the EOA is raised to
+    the file's size too, as `h5clear --increment=0` does.
 
     Returns:
       True if flags were set and are now cleared.
@@ -281,6 +286,12 @@ def clear_status_flags(path: str | os.PathLike) -> bool:
         stored = int.from_bytes(head[end:end + 4], "little")
         if _lookup3(head[:end]) != stored:
             return False  # Not the layout we know: leave the file alone.
+        eoa_at = 12 + 2 * size_offsets  # After the base and extension addresses.
+        eoa = int.from_bytes(head[eoa_at:eoa_at + size_offsets], "little")
+        size = os.fstat(f.fileno()).st_size
+        if size > eoa:
+            head = (head[:eoa_at] + size.to_bytes(size_offsets, "little")
+                    + head[eoa_at + size_offsets:])
         fixed = head[:11] + b"\x00" + head[12:end]
         f.seek(0)
         f.write(fixed + _lookup3(fixed).to_bytes(4, "little"))

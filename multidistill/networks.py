@@ -17,6 +17,7 @@ teacher features (Actor-Mimic feature regression).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,28 +74,37 @@ def default_precision(cpu_flags: str | None = None) -> str:
     return "mixed_bfloat16" if native else "float32"
 
 
+def _kernel_initializer(gain: float | None):
+    """Keras' default (Glorot uniform) when gain is None, else orthogonal of that gain."""
+    return "glorot_uniform" if gain is None else keras.initializers.Orthogonal(gain=gain)
+
+
 def make_trunk(
     conv_filters: Sequence[int], fc_units: int, prefix: str, hidden_name: str = "hidden",
-    dtype: str | None = None,
+    dtype: str | None = None, orthogonal_gain: float | None = None,
 ) -> list:
     """Scale, channels-last, three convolutions, flatten, one hidden layer.
 
     `dtype`: the layers' dtype policy (None: Keras' global one).
+    `orthogonal_gain`: initialise the convolutions' and the hidden layer's
+    kernels orthogonal with this gain (CleanRL's PPO: sqrt(2)); None keeps
+    Keras' default.
     """
+    kernel = _kernel_initializer(orthogonal_gain)
     out = [
         layers.Rescaling(1.0 / 255.0, name=f"{prefix}scale", dtype=dtype),
         layers.Permute((2, 3, 1), name=f"{prefix}channels_last", dtype=dtype),
     ]
-    for i, (filters, (kernel, stride)) in enumerate(zip(conv_filters, _CONV_SHAPES)):
+    for i, (filters, (size, stride)) in enumerate(zip(conv_filters, _CONV_SHAPES)):
         out.append(
             layers.Conv2D(
-                filters, kernel, strides=stride, activation="relu", name=f"{prefix}conv{i}",
-                dtype=dtype,
+                filters, size, strides=stride, activation="relu", name=f"{prefix}conv{i}",
+                dtype=dtype, kernel_initializer=kernel,
             )
         )
     out.append(layers.Flatten(name=f"{prefix}flatten", dtype=dtype))
     out.append(layers.Dense(fc_units, activation="relu", name=f"{prefix}{hidden_name}",
-                            dtype=dtype))
+                            dtype=dtype, kernel_initializer=kernel))
     return out
 
 
@@ -105,6 +115,7 @@ def build_teacher_network(
     fc_units: int = 512,
     with_value: bool = False,
     name: str = "teacher",
+    orthogonal: bool = False,
 ) -> keras.Model:
     """The Nature-DQN network for one game.
 
@@ -115,6 +126,9 @@ def build_teacher_network(
       fc_units: units of the last hidden layer (the teacher's features).
       with_value: also output a state value (actor-critic training).
       name: model name.
+      orthogonal: CleanRL's PPO initialisation: orthogonal kernels of gain
+        sqrt(2) in the trunk, 0.01 for the outputs (a near-uniform first
+        policy), 1 for the value; zero biases. False keeps Keras' default.
 
     Returns:
       A functional model frames(uint8) -> outputs (and value, if asked). The
@@ -123,12 +137,15 @@ def build_teacher_network(
     """
     frames = keras.Input(shape=tuple(observation_shape), dtype="uint8", name="frames")
     x = frames
-    trunk = make_trunk(conv_filters, fc_units, prefix="", hidden_name="features")
+    trunk = make_trunk(conv_filters, fc_units, prefix="", hidden_name="features",
+                       orthogonal_gain=math.sqrt(2.0) if orthogonal else None)
     for layer in trunk:
         x = layer(x)
-    outputs = layers.Dense(num_actions, name="outputs")(x)
+    outputs = layers.Dense(num_actions, name="outputs",
+                           kernel_initializer=_kernel_initializer(0.01 if orthogonal else None))(x)
     if with_value:
-        value = layers.Dense(1, name="value")(x)
+        value = layers.Dense(1, name="value",
+                             kernel_initializer=_kernel_initializer(1.0 if orthogonal else None))(x)
         return keras.Model(frames, [outputs, value], name=name)
     return keras.Model(frames, outputs, name=name)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -135,7 +137,8 @@ def test_a_run_started_from_a_teacher_card_keeps_the_decayed_epsilon(tmp_path):
                         tmp_path / "ck")
     copied = run.start_from_teacher(teachers.load_teacher("pong", tmp_path, SPEC))
     assert copied == 5  # conv0-2, features, outputs.
-    assert agent.state() == {"agent_steps": 500, "gradient_steps": 77, "update_credit": 0.0}
+    assert agent.state() == {"agent_steps": 500, "gradient_steps": 77, "update_credit": 0.0,
+                             "epsilon_final": True}
     assert agent.epsilon() == pytest.approx(agent.config.epsilon_end) == 0.05
     assert run.run["best_eval"] == 3.5 and run.run["last_eval_frames"] == 2000
     for w, t in zip(agent.net.weights, agent.learner.target_net.weights):
@@ -148,11 +151,25 @@ def test_a_run_started_from_a_teacher_card_keeps_the_decayed_epsilon(tmp_path):
     del card["training"]["algo_state"]
     card["training"]["num_env_frames"] = 360
     teachers.write_card(card_path, card)
-    agent = _tiny_dqn()
+    agent = _tiny_dqn(teacher_start_epsilon="schedule")
     runner.Runner(agent, "dqn", "pong", SPEC, runner.RunConfig(), tmp_path, tmp_path / "ck2"
                   ).start_from_teacher(teachers.load_teacher("pong", tmp_path, SPEC))
     assert agent.agent_steps == 90 and agent.gradient_steps == 0
     assert agent.epsilon() == pytest.approx(1.0 + (90 - 40) / 100 * (0.05 - 1.0))  # 0.525
+    # By default a teacher explores at the final epsilon from its first step,
+    # warm-up included, and a checkpoint keeps it so.
+    card["training"]["num_env_frames"] = 0
+    teachers.write_card(card_path, card)
+    agent = _tiny_dqn()
+    runner.Runner(agent, "dqn", "pong", SPEC, runner.RunConfig(), tmp_path, tmp_path / "ck3"
+                  ).start_from_teacher(teachers.load_teacher("pong", tmp_path, SPEC))
+    assert agent.agent_steps == 0 and agent.epsilon() == pytest.approx(0.05)
+    resumed = _tiny_dqn()
+    resumed.load_state(json.loads(json.dumps(agent.state())))
+    assert resumed.epsilon() == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="teacher_start_epsilon must be 'final' or "
+                                         "'schedule', found 'x'"):
+        dqn.DQNConfig(teacher_start_epsilon="x")
 
 
 # The learner's variables as the flat `multidistill/dqn.py` laid them out

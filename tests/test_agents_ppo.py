@@ -18,7 +18,9 @@ TINY = dict(conv_filters=(4, 8, 8), fc_units=16)
 
 
 def _tiny_ppo(seed=0, total_agent_steps=1_000, **overrides):
-    cfg = dict(num_envs=2, rollout_length=4, num_epochs=2, num_minibatches=2, **TINY)
+    # lr_horizon_frames=0: the learning rate anneals over total_agent_steps.
+    cfg = dict(num_envs=2, rollout_length=4, num_epochs=2, num_minibatches=2,
+               lr_horizon_frames=0, **TINY)
     cfg.update(overrides)
     return ppo.PPO("pong", 6, SPEC, ppo.PPOConfig(**cfg), total_agent_steps=total_agent_steps,
                    seed=seed)
@@ -90,7 +92,8 @@ def test_gae_matches_a_hand_computation():
 def test_a_rollout_is_closed_by_the_value_of_the_next_step():
     keras.utils.set_random_seed(0)
     agent = ppo.PPO("pong", 6, SPEC, ppo.PPOConfig(num_envs=2, rollout_length=4, num_epochs=2,
-                                                    num_minibatches=2, **TINY),
+                                                    num_minibatches=2, lr_horizon_frames=0,
+                                                    **TINY),
                     total_agent_steps=40, seed=0)
     seen, closing = [], []
     observe, update = agent.observe, agent._update
@@ -168,3 +171,40 @@ def test_exported_teacher_carries_the_critic_and_a_run_from_it_restores_it(tmp_p
     assert agent.state() == {"agent_steps": 18, "gradient_steps": 8}
     assert agent.learning_rate(agent.agent_steps) == pytest.approx(2.5e-4 * (1 - 18 / 100))
     assert run.run["best_eval"] == -20.0 and run.num_env_frames == 72
+
+
+def test_learning_rate_horizon_is_independent_of_the_runs_length():
+    # 4,000 frames = 1,000 agent steps (frame skip 4), whatever the run's length.
+    for total in (10, 100_000):
+        agent = _tiny_ppo(total_agent_steps=total, lr_horizon_frames=4_000)
+        assert agent.learning_rate(0) == pytest.approx(2.5e-4)
+        assert agent.learning_rate(500) == pytest.approx(1.25e-4)
+        assert agent.learning_rate(1_500) == 0.0
+    # The default: CleanRL's 40M frames, so a 10M-frame point keeps 75 %.
+    assert ppo.PPOConfig().lr_horizon_frames == 40_000_000
+    agent = _tiny_ppo(total_agent_steps=100, lr_horizon_frames=40_000_000)
+    assert agent.learning_rate(2_500_000) == pytest.approx(0.75 * 2.5e-4)
+    with pytest.raises(ValueError, match="lr_horizon_frames must be >= 0"):
+        ppo.PPOConfig(lr_horizon_frames=-1)
+
+
+def test_orthogonal_initialisation_scales():
+    keras.utils.set_random_seed(0)
+    net = _tiny_ppo(orthogonal_init=True, conv_filters=(8, 8, 8), fc_units=32).net
+
+    def gram(layer):
+        k = np.asarray(net.get_layer(layer).kernel.value)
+        k = k.reshape(-1, k.shape[-1])  # Conv kernels: (h * w * in, out).
+        return k.T @ k
+
+    # Columns orthogonal, of norm gain: K^T K = gain^2 I.
+    for layer in ("conv0", "conv1", "conv2", "features"):
+        np.testing.assert_allclose(gram(layer), 2.0 * np.eye(gram(layer).shape[0]), atol=1e-4)
+    np.testing.assert_allclose(gram("outputs"), 1e-4 * np.eye(6), atol=1e-7)
+    np.testing.assert_allclose(gram("value"), [[1.0]], atol=1e-5)
+    for layer in ("conv0", "features", "outputs", "value"):
+        assert not np.asarray(net.get_layer(layer).bias.value).any()
+    # Keras' default (Glorot uniform) otherwise: far from a 0.01-scale head.
+    plain = _tiny_ppo(orthogonal_init=False, conv_filters=(8, 8, 8), fc_units=32).net
+    k = np.asarray(plain.get_layer("outputs").kernel.value)
+    assert np.abs(k).max() > 0.1

@@ -102,6 +102,53 @@ def test_status_flag_checksum_matches_hdf5(tmp_path, spec):
     assert datasets.clear_status_flags(path) is False  # Closed cleanly: nothing to clear.
 
 
+def _superblock(path, flags=None, eoa=None):
+    """Rewrites a version 2/3 superblock's status flags and end-of-file address (as a
+    killed SWMR writer can leave them), with its checksum; returns (flags, eoa)."""
+    with open(path, "r+b") as f:
+        head = bytearray(f.read(64))
+        size = head[9]
+        end, at = 12 + 4 * size, 12 + 2 * size
+        if flags is not None:
+            head[11] = flags
+        if eoa is not None:
+            head[at:at + size] = eoa.to_bytes(size, "little")
+        head[end:end + 4] = datasets._lookup3(bytes(head[:end])).to_bytes(4, "little")
+        f.seek(0)
+        f.write(bytes(head[:end + 4]))
+    return head[11], int.from_bytes(head[at:at + size], "little")
+
+
+def test_a_stale_end_of_file_address_left_by_a_killed_writer_is_raised(tmp_path, spec):
+    """A killed SWMR writer can leave the superblock's end-of-file address behind
+    data it had flushed (CI saw "addr overflow" reopening such a file); clearing
+    its flags raises the address to the file's size, as `h5clear --increment`."""
+    import h5py
+
+    path = tmp_path / "pong.h5"
+    with new_writer(path, spec) as w:
+        for i in range(4):
+            w.append_episode(synthetic_episode(150, seed=i))
+    size = path.stat().st_size
+    _superblock(path, flags=0x05, eoa=size // 2)  # Open for SWMR writing, EOA stale.
+    stale = tmp_path / "stale.h5"
+    stale.write_bytes(path.read_bytes())
+    _superblock(stale, flags=0)
+    with pytest.raises(OSError), h5py.File(stale, "r", libver="latest") as f:
+        f["frames"][:]  # A plain reader stops at the stale address.
+
+    with new_writer(path, spec) as w:  # Clears the flags, raises the address.
+        w.append_episode(synthetic_episode(150, seed=4))
+    with datasets.Dataset(path) as ds:
+        assert ds.num_episodes == 5
+        blk = ds.read_block(0, ds.num_agent_steps)
+        for i, start in enumerate(ds.episode_starts):
+            np.testing.assert_array_equal(blk["actions"][start:start + 150],
+                                          synthetic_episode(150, seed=i)["actions"])
+    flags, eoa = _superblock(path)
+    assert flags == 0 and eoa >= size
+
+
 def test_disk_full_while_appending_keeps_earlier_episodes(tmp_path, spec, monkeypatch):
     import errno
 

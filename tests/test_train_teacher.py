@@ -90,7 +90,8 @@ def test_epsilon_end_reaches_the_dqn_config(tmp_path):
     assert card["training"]["config"]["epsilon_end"] == 0.2
     # One iteration of 128 vector steps of 8 environments, all warm-up.
     assert card["training"]["algo_state"] == {"agent_steps": 1024, "gradient_steps": 0,
-                                              "update_credit": 0.0}
+                                              "update_credit": 0.0, "epsilon_final": False}
+    assert card["training"]["config"]["teacher_start_epsilon"] == "final"
 
 
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):

@@ -91,6 +91,12 @@ class DQNConfig:
       ez_mu: exponent of the zeta distribution of exploratory action
         durations (epsilon-z-greedy; the paper's default is 2); 0 for plain
         epsilon-greedy (every exploratory action lasts one step).
+      teacher_start_epsilon: a run started from a teacher explores with
+        `epsilon_end` from its first step ("final": a trained network has
+        nothing to gain from epsilon 1, and the replay memory is refilled by
+        its near-greedy play), or where its recorded counters put the
+        schedule ("schedule"; a teacher of another algorithm or without
+        counters then starts at epsilon 1).
       ez_max_repeat: longest exploratory run, agent steps.
     """
 
@@ -113,8 +119,12 @@ class DQNConfig:
     life_loss_terminal: bool = True
     ez_mu: float = 0.0
     ez_max_repeat: int = 100
+    teacher_start_epsilon: str = "final"
 
     def __post_init__(self):
+        if self.teacher_start_epsilon not in ("final", "schedule"):
+            raise ValueError(f"DQNConfig.teacher_start_epsilon must be 'final' or "
+                             f"'schedule', found {self.teacher_start_epsilon!r}")
         for name in ("num_envs", "rollout_length", "replay_capacity", "agent_steps_per_update",
                      "batch_size", "n_step", "target_update_period"):
             if int(getattr(self, name)) < 1:
@@ -233,6 +243,7 @@ class DQN:
         self.agent_steps = 0
         self.gradient_steps = 0
         self._update_credit = 0.0
+        self._epsilon_final = False  # Started from a teacher at the final epsilon.
         self._iteration_steps = 0
         self._iteration_losses: list[float] = []
         # Epsilon-z-greedy: steps left in each environment's exploratory run.
@@ -247,24 +258,30 @@ class DQN:
     def state(self) -> dict:
         """JSON-able counters to resume from (with a checkpoint of `learner`)."""
         return {"agent_steps": self.agent_steps, "gradient_steps": self.gradient_steps,
-                "update_credit": self._update_credit}
+                "update_credit": self._update_credit, "epsilon_final": self._epsilon_final}
 
     def load_state(self, state: dict) -> None:
         """Restores the counters of `state()`; weights come from the checkpoint."""
         self.agent_steps = int(state["agent_steps"])
         self.gradient_steps = int(state.get("gradient_steps", 0))
         self._update_credit = float(state.get("update_credit", 0.0))
+        self._epsilon_final = bool(state.get("epsilon_final", False))
 
     def start_from_teacher(self, model: keras.Model, state: dict) -> int:
-        """Online and target networks from `model`, counters (so epsilon) from `state`."""
+        """Online and target networks from `model`, counters from `state`; epsilon at
+        `epsilon_end` from here on, or as the counters put it
+        (`config.teacher_start_epsilon`)."""
         copied = base.copy_weights_by_name(model, self.net)
         self.load_state(state)
+        self._epsilon_final = self.config.teacher_start_epsilon == "final"
         self.learner.sync_target()
         return copied
 
     def epsilon(self) -> float:
         """Exploration rate at the current agent step."""
         c = self.config
+        if self._epsilon_final:
+            return float(c.epsilon_end)
         if self.agent_steps < c.learning_starts:
             return 1.0
         frac = min(1.0, (self.agent_steps - c.learning_starts) / max(c.epsilon_decay_steps, 1))

@@ -16,7 +16,8 @@ One iteration, as in the usual Atari PPO (CleanRL's `ppo_atari`):
 
      written in `PPONetwork.compute_loss` with `keras.ops` (any backend),
      with the learning rate annealed linearly from `learning_rate` to 0
-     over the run's `total_agent_steps`.
+     over `lr_horizon_frames` (40M frames; 0: the run's length), and
+     CleanRL's orthogonal initialisation.
 
 The policy trained is the one the evaluation protocol plays: with
 `behaviour_epsilon` > 0 it is the mixture
@@ -69,7 +70,16 @@ class PPOConfig:
         rollout, i.e. per iteration.
       num_epochs: passes over each rollout.
       num_minibatches: minibatches per pass.
-      learning_rate: Adam step size, annealed linearly to 0 over training.
+      learning_rate: Adam step size, annealed linearly to 0 over
+        `lr_horizon_frames`.
+      lr_horizon_frames: emulator frames over which the learning rate
+        anneals to 0, whatever the run's length (so a run stopped early can
+        be extended with the schedule it had; CleanRL's Atari runs: 10M
+        agent steps = 40M frames); 0 anneals over the run's own length.
+      orthogonal_init: CleanRL's initialisation (orthogonal kernels, gain
+        sqrt(2) in the trunk, 0.01 for the policy head, 1 for the value
+        head); False keeps Keras' default (the shipped teachers before
+        2026-11-29).
       gamma: discount per agent step.
       gae_lambda: GAE lambda.
       clip_eps: surrogate clipping range.
@@ -90,6 +100,8 @@ class PPOConfig:
     num_epochs: int = 4
     num_minibatches: int = 4
     learning_rate: float = 2.5e-4
+    lr_horizon_frames: int = 40_000_000
+    orthogonal_init: bool = True
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_eps: float = 0.1
@@ -105,6 +117,9 @@ class PPOConfig:
         for name in ("num_envs", "rollout_length", "num_epochs", "num_minibatches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, found {getattr(self, name)}")
+        if self.lr_horizon_frames < 0:
+            raise ValueError(f"PPOConfig.lr_horizon_frames must be >= 0 (0: the run's "
+                             f"length), found {self.lr_horizon_frames}")
         if not 0.0 <= self.behaviour_epsilon < 1.0:
             raise ValueError(f"PPOConfig.behaviour_epsilon must be in [0, 1), "
                              f"found {self.behaviour_epsilon}")
@@ -207,7 +222,7 @@ class PPO:
       spec: the preprocessing.
       config: the settings.
       total_agent_steps: length of the run, agent steps (the learning rate
-        reaches 0 there).
+        reaches 0 there when `config.lr_horizon_frames` is 0).
       seed: seeds action sampling and minibatch order (not Keras' weight
         initialisation).
 
@@ -226,9 +241,12 @@ class PPO:
                  config: PPOConfig, total_agent_steps: int, seed: int):
         self.config = config
         self.total_agent_steps = int(total_agent_steps)
+        # Agent steps over which the learning rate anneals to 0.
+        self.lr_horizon_agent_steps = (config.lr_horizon_frames // spec.frame_skip
+                                       if config.lr_horizon_frames else self.total_agent_steps)
         self.net = networks.build_teacher_network(
             num_actions, spec.observation_shape, config.conv_filters, config.fc_units,
-            with_value=True, name=f"ppo_{game}")
+            with_value=True, name=f"ppo_{game}", orthogonal=config.orthogonal_init)
         self.learner = PPONetwork(self.net, config)
         self.optimizer = keras.optimizers.Adam(
             learning_rate=config.learning_rate, epsilon=1e-5,
@@ -272,8 +290,9 @@ class PPO:
 
     def learning_rate(self, agent_steps: int) -> float:
         """Adam's step size for a rollout that started at `agent_steps`:
-        `learning_rate` * (1 - agent_steps / total_agent_steps), at least 0."""
-        frac = 1.0 - agent_steps / max(self.total_agent_steps, 1)
+        `learning_rate` * (1 - agent_steps / horizon), at least 0, where the
+        horizon is `lr_horizon_frames` in agent steps (or the run's length)."""
+        frac = 1.0 - agent_steps / max(self.lr_horizon_agent_steps, 1)
         return max(frac, 0.0) * self.config.learning_rate
 
     def policy(self, observations: np.ndarray) -> tuple[np.ndarray, dict]:
