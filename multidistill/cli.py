@@ -344,8 +344,10 @@ def define_teacher_training_flags():
     flags.DEFINE_enum("algo", "ppo", list(runner.ALGORITHMS),
                       "ppo: policy-gradient, gives a `logits` teacher with its critic "
                       "(cheaper on CPU); dqn: Double DQN, gives a `q_values` teacher.")
-    flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
-                      "train, or evaluate the teacher in --teachers_dir and update its card.")
+    flags.DEFINE_enum("mode", "train", ["train", "evaluate", "table"],
+                      "train; evaluate the teacher in --teachers_dir and update its card; or "
+                      "table: rewrite the teachers table of --teachers_dir/README.md from the "
+                      "cards.")
     flags.DEFINE_integer("num_env_frames", run.num_env_frames,
                          "Training length, emulator frames (1 agent step = 4 frames); the "
                          "run stops at the first iteration past it.")

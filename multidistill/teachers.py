@@ -397,3 +397,76 @@ def load_teacher(
         path=model_path,
         sha256=sha256_of(model_path),
     )
+
+
+# -- the teachers table (teachers/README.md) ----------------------------------
+
+# Scores a shipped teacher is to reach under the evaluation protocol (over at
+# least 30 episodes): (needed, goal); Nature DQN's 18.9 / 30.3 / 10,596 are
+# the references.
+SCORE_BARS = {"pong": (18.5, 20.0), "freeway": (30.0, 32.0), "qbert": (10_000.0, 15_000.0)}
+TABLE_START = "<!-- teachers table: python -m multidistill.train_teacher --mode=table -->"
+TABLE_END = "<!-- end of teachers table -->"
+
+
+def _trainer_name(training: dict) -> str:
+    algo, config = training.get("algorithm"), training.get("config") or {}
+    if algo == "dqn":
+        name = f"Double DQN ({config.get('n_step', 3)}-step"
+        name += ", epsilon-z-greedy)" if config.get("ez_mu") else ")"
+    elif algo == "ppo":
+        name = "PPO"
+    else:
+        name = str(algo or "unknown")
+    return name + ", Nature network"
+
+
+def cards_table(teachers_dir: str | os.PathLike) -> str:
+    """The Markdown table of the teachers in `teachers_dir`, from their cards.
+
+    One row per `<game>.json` card: kind, trainer, frames trained, the score
+    with its 95 % interval and episodes, and the bars of `SCORE_BARS`.
+    """
+    teachers_dir = Path(teachers_dir)
+    rows = ["| game | kind | trainer | frames trained | score [95 % interval] (episodes) "
+            "| needed | goal |", "|---|---|---|---|---|---|---|"]
+    cards = sorted(teachers_dir.glob("*.json"))
+    if not cards:
+        raise ValueError(f"no teacher cards (<game>.json) in {teachers_dir}")
+    for path in cards:
+        try:
+            card = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"teacher card {path} is not valid JSON ({e})") from None
+        if card.get("format") != CARD_FORMAT:
+            continue  # Not a card (another JSON file in the folder).
+        game = card.get("game", path.stem)
+        ev, training = card.get("evaluation") or {}, card.get("training") or {}
+        if "mean" in ev:
+            ci = ev.get("ci")
+            score = f"**{ev['mean']:,.1f}" + (f" [{ci[0]:,.1f}, {ci[1]:,.1f}]" if ci else "")
+            score += f"** ({ev.get('episodes', '?')})"
+        else:
+            score = "not evaluated"
+        frames = training.get("num_env_frames")
+        needed, goal = SCORE_BARS.get(game, (None, None))
+        rows.append(" | ".join([
+            f"| {game}", card.get("kind", "?"), _trainer_name(training),
+            "?" if frames is None else f"{frames / 1e6:.2f} M", score,
+            "n/a" if needed is None else f">= {needed:,g}",
+            "n/a" if goal is None else f">= {goal:,g} |"]))
+    return "\n".join(rows) + "\n"
+
+
+def write_cards_table(teachers_dir: str | os.PathLike, readme: str | os.PathLike) -> Path:
+    """Replaces the table between TABLE_START and TABLE_END in `readme` with
+    `cards_table(teachers_dir)` (atomically)."""
+    readme = Path(readme)
+    text = readme.read_text()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no teachers table to replace (expected the lines "
+                         f"{TABLE_START!r} and {TABLE_END!r} around it)")
+    new = (text[:start + len(TABLE_START)] + "\n" + cards_table(teachers_dir)
+           + text[end:])
+    return files.atomic_write_text(readme, new)

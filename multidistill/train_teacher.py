@@ -50,6 +50,12 @@ def evaluate_teacher(game: str, teachers_dir, spec, episodes: int, seed: int) ->
     return result
 
 
+def _score(r: dict) -> str:
+    ci = r.get("ci")
+    interval = f" [{ci[0]:.1f}, {ci[1]:.1f}] (95 % interval)" if ci else ""
+    return f"{r['mean']:.1f}{interval} over {r['episodes']} episodes"
+
+
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -63,13 +69,18 @@ def main(argv):
     del argv
     from multidistill.agents import runner
 
+    if FLAGS.mode == "table":
+        readme = teachers_lib.write_cards_table(FLAGS.teachers_dir,
+                                                Path(FLAGS.teachers_dir) / "README.md")
+        print(teachers_lib.cards_table(FLAGS.teachers_dir) + f"written into {readme}")
+        return
     cli.require(FLAGS.game is not None, "--game is required, e.g. --game=pong")
     game = games_lib.get_game(games_lib.parse_games(FLAGS.game, "--game")[0])
     spec = cli.preprocessing_from_flags()
     teachers_dir = Path(FLAGS.teachers_dir)
     if FLAGS.mode == "evaluate":
         r = evaluate_teacher(game.name, teachers_dir, spec, FLAGS.final_eval_episodes, FLAGS.seed)
-        print(f"{game.name}: {r['mean']:.1f} ± {r['std']:.1f} over {r['episodes']} episodes")
+        print(f"{game.name}: {_score(r)}")
         return
     run_config = cli.teacher_run_config_from_flags()
     # Both, so that a bad value of either algorithm's flags is refused.
@@ -103,8 +114,7 @@ def main(argv):
     if run_config.final_eval_episodes > 0:
         r = evaluate_teacher(game.name, teachers_dir, spec, run_config.final_eval_episodes,
                              run_config.seed)
-        print(f"{game.name}: teacher {r['mean']:.1f} ± {r['std']:.1f} over "
-              f"{r['episodes']} episodes")
+        print(f"{game.name}: teacher {_score(r)}")
 
 
 if __name__ == "__main__":

@@ -138,3 +138,32 @@ def test_teacher_with_other_outputs_refused(tmp_path, spec):
         "game": "pong", "kind": "logits", "preprocessing": spec.to_dict()})
     with pytest.raises(teachers.TeacherError, match="has 2 outputs of shapes"):
         teachers.load_teacher("pong", tmp_path, spec)
+
+
+def test_teachers_table_is_generated_from_the_cards(tmp_path, spec):
+    make_teacher(tmp_path, "pong", "q_values", spec)
+    make_teacher(tmp_path, "qbert", "logits", spec)
+    for game, ev, training in [
+            ("pong", {"mean": 19.2, "ci": [18.6, 19.8], "episodes": 30},
+             {"algorithm": "dqn", "num_env_frames": 5_250_000, "config": {"n_step": 3}}),
+            ("qbert", {"mean": 3333.3, "episodes": 30},
+             {"algorithm": "ppo", "num_env_frames": 10_067_968})]:
+        path = tmp_path / f"{game}.json"
+        card = json.loads(path.read_text())
+        teachers.write_card(path, dict(card, evaluation=ev, training=training))
+    (tmp_path / "notes.json").write_text("{}")  # Not a card: skipped.
+    table = teachers.cards_table(tmp_path).splitlines()
+    assert table[2] == ("| pong | q_values | Double DQN (3-step), Nature network | 5.25 M "
+                        "| **19.2 [18.6, 19.8]** (30) | >= 18.5 | >= 20 |")
+    assert table[3] == ("| qbert | logits | PPO, Nature network | 10.07 M | **3,333.3** (30) "
+                        "| >= 10,000 | >= 15,000 |")
+    assert len(table) == 4
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{teachers.TABLE_START}\nold table\n{teachers.TABLE_END}\nrest\n")
+    teachers.write_cards_table(tmp_path, readme)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| pong | q_values |" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no teachers table to replace"):
+        teachers.write_cards_table(tmp_path, readme)
