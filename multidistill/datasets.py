@@ -777,6 +777,8 @@ class Dataset(_H5File):
     def _v1_sessions(self) -> list[Session]:
         a = self._f.attrs
         seeds = [int(x) for x in self._f["build_seeds"][:]]
+        if not seeds:  # No build seed recorded: one session, seeded as the file says.
+            seeds = [int(a.get("seed", 0))]
         known = len(seeds) == 1
         return [Session(seed=seed, behaviour="teacher", beta=1.0,
                         epsilon=float(a["epsilon"]), behaviour_sha256=self.teacher_sha256,
@@ -914,10 +916,15 @@ def upgrade(path: str | os.PathLike, keep_backup: bool = True) -> Path | None:
     import h5py
 
     path = Path(path)
+    backup = path.with_name(path.stem + ".v1" + path.suffix)
     with file_lock(path):
         with Dataset(path) as old:
             if old.schema_version == SCHEMA_VERSION:
                 return None
+            if keep_backup and backup.exists():
+                raise DatasetError(
+                    f"cannot upgrade {path}: its backup would go to {backup}, which exists "
+                    "(an earlier upgrade's?); move it away first. Nothing was written")
             sessions = old.sessions
             a = old.attrs
             tmp = files.temporary_path(path)
@@ -946,12 +953,10 @@ def upgrade(path: str | os.PathLike, keep_backup: bool = True) -> Path | None:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        backup = None
         if keep_backup:
-            backup = path.with_name(path.stem + ".v1" + path.suffix)
             os.link(path, backup)
         os.replace(tmp, path)
-    return backup
+    return backup if keep_backup else None
 
 
 def main(argv: Sequence[str]) -> int:

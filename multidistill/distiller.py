@@ -253,8 +253,8 @@ class Distiller:
         if tuple(source.games) != tuple(config.games):
             raise TrainingError(f"the batch source serves the games {list(source.games)}, "
                                 f"the run trains {list(config.games)}")
-        served = getattr(source, "fields", None)
-        missing = [f for f in config.objective.fields if served is not None and f not in served]
+        served = tuple(source.fields)
+        missing = [f for f in config.objective.fields if f not in served]
         if missing:
             raise TrainingError(f"the batch source loads the fields {list(served)}, the "
                                 f"objective also needs {missing}: open it with "

@@ -54,9 +54,9 @@ class Distillation:
                              f"found {self.policy_loss!r}")
         if any(not t > 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be > 0, found {list(self.temperatures)}")
-        if self.feature_beta < 0 or self.policy_weight < 0:
-            raise ValueError(f"feature_beta and policy_weight must be >= 0, found "
-                             f"{self.feature_beta} and {self.policy_weight}")
+        for name in ("feature_beta", "policy_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
 
     @property
     def fields(self) -> tuple[str, ...]:

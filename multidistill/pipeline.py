@@ -111,12 +111,16 @@ class BatchSource(Protocol):
       num_actions: per game, its action count.
       feature_dims: per game, its teacher's feature count.
       batch_size: samples per batch.
+      fields: the per-sample arrays the batches carry in `y` (the
+        objective's `fields`, e.g. "teacher_outputs"); the distiller
+        refuses a source that lacks one its objective needs.
     """
 
     games: tuple[str, ...]
     num_actions: list[int]
     feature_dims: list[int]
     batch_size: int
+    fields: tuple[str, ...]
 
     def batch(self, index: int) -> tuple[dict, dict]:
         """Batch number `index`: a pure function of the source's data and seed."""

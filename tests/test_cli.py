@@ -271,6 +271,7 @@ def test_flags_map_to_configs(parse):
     (["--num_grad_steps=-1"], "distill", "--num_grad_steps must be >= 0, found -1"),
     (["--checkpoint_every_steps=0"], "distill", "--checkpoint_every_steps must be >= 1, found 0"),
     (["--eval_every_steps=0"], "distill", "--eval_every_steps must be >= 1, found 0"),
+    (["--feature_beta=-1"], "distill", "--feature_beta must be >= 0, found -1.0"),
     (["--game_weights=pong:0"], "distill", "--game_weights must be >= 0 with a positive sum"),
     (["--temperatures=qbert:1"], "distill", "--temperatures: 'qbert' is not in --games"),
     (["--temperatures=pong:0"], "distill", "--temperatures: tau must be > 0, found 0.0"),

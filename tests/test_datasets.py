@@ -390,3 +390,25 @@ def test_appending_to_version_1_is_refused_with_the_upgrade_hint(tmp_path, spec)
         assert (ds.num_episodes, ds.num_agent_steps) == (3, 13)
         assert len(ds.sessions) == 2 and ds.sessions[1].step_start == 10
     assert datasets.upgrade(path) is None  # Already version 2.
+
+
+def test_upgrade_without_build_seeds_and_with_a_backup_in_the_way(tmp_path, spec):
+    path = tmp_path / "pong.h5"
+    eps = [synthetic_episode(5, seed=1), synthetic_episode(4, seed=2)]
+    _write_v1(path, spec, "q_values", 0.1, eps, build_seeds=[])
+    with datasets.Dataset(path) as ds:  # One session over the file, the file's seed.
+        (session,) = ds.sessions
+        assert (session.step_start, session.step_stop, session.epsilon) == (0, 9, 0.1)
+    backup = tmp_path / "pong.v1.h5"
+    backup.write_bytes(b"an earlier backup")
+    before = path.read_bytes()
+    with pytest.raises(datasets.DatasetError,
+                       match=r"backup would go to .*pong\.v1\.h5, which exists"):
+        datasets.upgrade(path)
+    assert path.read_bytes() == before and backup.read_bytes() == b"an earlier backup"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "pong.h5", "pong.v1.h5"]  # No temporary file left.
+    backup.unlink()
+    assert datasets.upgrade(path) == backup
+    with datasets.Dataset(path) as ds:
+        assert ds.schema_version == 2 and [s.step_stop for s in ds.sessions] == [9]

@@ -42,8 +42,10 @@ def test_fields_and_settings():
                            "policy_weight": 1.0}
     assert objectives.default_temperature("q_values") == 0.01
     assert objectives.default_temperature("logits") == 1.0
-    with pytest.raises(ValueError, match=r"feature_beta and policy_weight must be >= 0"):
+    with pytest.raises(ValueError, match=r"^feature_beta must be >= 0, found -1.0$"):
         objectives.Distillation(feature_beta=-1.0)
+    with pytest.raises(ValueError, match=r"^policy_weight must be >= 0, found -2.0$"):
+        objectives.Distillation(policy_weight=-2.0)
 
 
 def test_loss_is_the_kl_of_each_samples_game_by_hand():
