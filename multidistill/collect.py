@@ -539,10 +539,9 @@ _BUFFER_DTYPES = dict(frames=np.uint8, teacher_outputs=np.float32,
 def _progress_bar(enabled: bool, total: int, game: str):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from multidistill import progress
 
-    return tqdm(total=total, desc=f"build {game}", unit="step", dynamic_ncols=True,
-                smoothing=0.05)
+    return progress.bar(total, f"build {game}", "step", smoothing=0.05)
 
 
 def ensure_datasets(

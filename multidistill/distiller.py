@@ -356,10 +356,10 @@ class Distiller:
         start_step = self.grad_step
         bar = None
         if progress:
-            from tqdm import tqdm
+            from multidistill import progress as progress_lib
 
-            bar = tqdm(total=c.num_grad_steps, initial=self.grad_step, unit="step",
-                       desc="distill", dynamic_ncols=True, smoothing=0.05)
+            bar = progress_lib.bar(c.num_grad_steps, "distill", "step",
+                                   initial=self.grad_step, smoothing=0.05)
         with interrupts.deferred_interrupts() as stop:
             try:
                 self._train_loop(c, bar, stop)

@@ -210,10 +210,9 @@ def evaluate(
     results: list[list[tuple[float, int]]] = [[] for _ in range(n_envs)]
     bar = None
     if progress:
-        from tqdm import tqdm
+        from multidistill import progress as progress_lib
 
-        bar = tqdm(total=num_episodes, desc=f"eval {label or game}",
-                   unit="episode", dynamic_ncols=True)
+        bar = progress_lib.bar(num_episodes, f"eval {label or game}", "episode")
     t0 = time.perf_counter()
     try:
         # Environments that met their quota stop stepping (`active`).

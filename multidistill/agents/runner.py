@@ -290,11 +290,11 @@ class Runner:
         writer = summaries.ScalarWriter(self.checkpoint_dir)
         bar = None
         if progress:
-            from tqdm import tqdm
+            from multidistill import progress as progress_lib
 
-            bar = tqdm(total=c.num_env_frames, initial=min(self.num_env_frames, c.num_env_frames),
-                       unit="frame", unit_scale=True, desc=f"train {self.game} {self.algo}",
-                       dynamic_ncols=True, smoothing=0.1)
+            bar = progress_lib.bar(c.num_env_frames, f"train {self.game} {self.algo}", "frame",
+                                   initial=min(self.num_env_frames, c.num_env_frames),
+                                   unit_scale=True, smoothing=0.1)
         envs = []
         try:
             with interrupts.deferred_interrupts() as stop:
