@@ -192,21 +192,20 @@ def evaluation_scalars(report: dict) -> dict[str, float]:
     """An evaluation report as scalars: per game returns and % of teacher with intervals."""
     out = {}
 
-    def put(tag, value, ci=None):
+    def put(name, suffix, value, ci=None):
+        """`name` + `suffix` -> value; `name`_ci_low/_ci_high + `suffix` -> the interval."""
         if value is None:
             return
-        out[tag] = value
+        out[name + suffix] = value
         if ci:
-            base, _, game = tag.rpartition("/") if tag.count("/") > 1 else (tag, "", "")
-            suffix = f"/{game}" if game else ""
-            out[f"{base}_ci_low{suffix}"], out[f"{base}_ci_high{suffix}"] = ci
+            out[f"{name}_ci_low{suffix}"], out[f"{name}_ci_high{suffix}"] = ci
 
     for game, r in report["games"].items():
-        put(f"charts/student_return/{game}", r["student"]["mean"])
-        put(f"charts/teacher_return/{game}", r["teacher"]["mean"])
-        put(f"eval/percent_of_teacher/{game}", r["student_percent_of_teacher"],
+        out[f"charts/student_return/{game}"] = r["student"]["mean"]
+        out[f"charts/teacher_return/{game}"] = r["teacher"]["mean"]
+        put("eval/percent_of_teacher", f"/{game}", r["student_percent_of_teacher"],
             r.get("student_percent_of_teacher_ci"))
-    put("eval/geometric_mean_percent_of_teacher", report["geometric_mean_percent_of_teacher"],
+    put("eval/geometric_mean_percent_of_teacher", "", report["geometric_mean_percent_of_teacher"],
         report.get("geometric_mean_percent_of_teacher_ci"))
     return out
 

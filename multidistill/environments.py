@@ -29,6 +29,8 @@ import numpy as np
 
 from multidistill import games as games_lib
 
+ATARI_SCREEN = (210, 160)  # The emulator's screen: height, width, pixels.
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
@@ -131,6 +133,7 @@ def make_vector_env(
     num_envs: int,
     num_threads: int = 0,
     batch_size: int = 0,
+    rgb_screen: bool = False,
 ):
     """Builds `num_envs` copies of `game` stepping together in C++ threads.
 
@@ -142,6 +145,10 @@ def make_vector_env(
       batch_size: 0 steps all envs together; a smaller number returns the
         first `batch_size` envs that are ready (asynchronous mode, see
         `ale_py.AtariVectorEnv`).
+      rgb_screen: observations are the full 210x160 RGB screen, one frame
+        (shape (num_envs, 1, 210, 160, 3) uint8) instead of the spec's
+        frames; the emulator settings stay the spec's (the twin environment
+        of `videos`).
 
     Returns:
       An `ale_py.AtariVectorEnv` that autoresets on the step after an
@@ -158,10 +165,10 @@ def make_vector_env(
         max_num_frames_per_episode=spec.max_episode_frames,
         repeat_action_probability=spec.sticky_action_prob,
         full_action_space=spec.full_action_space,
-        img_height=spec.frame_height,
-        img_width=spec.frame_width,
-        grayscale=spec.grayscale,
-        stack_num=spec.frame_stack,
+        img_height=ATARI_SCREEN[0] if rgb_screen else spec.frame_height,
+        img_width=ATARI_SCREEN[1] if rgb_screen else spec.frame_width,
+        grayscale=False if rgb_screen else spec.grayscale,
+        stack_num=1 if rgb_screen else spec.frame_stack,
         frameskip=spec.frame_skip,
         maxpool=spec.max_pool,
         noop_max=spec.noop_max,

@@ -349,13 +349,14 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
     kinds = teacher_kinds_of(student)
     student_scores, teacher_scores, teacher_params, videos = {}, {}, {}, {}
     for game in games:
-        teacher = None
+        teacher = teacher_predict = None
         if evaluate_teachers or (video_seconds > 0 and out_dir is not None):
             teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing,
                                                 allow_unsafe=allow_unsafe_teacher)
             teacher_params[game] = int(teacher.policy_model.count_params())
+            teacher_predict = predict_fn(teacher.policy_model)
         if evaluate_teachers:
-            s = evaluate(game, predict_fn(teacher.policy_model), teacher.kind, preprocessing,
+            s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
                          protocol, progress, label=f"{game} teacher")
             teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
         else:
@@ -378,7 +379,7 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
 
             v = videos_lib.record_side_by_side(
                 game, [("student", student_predict, kinds[game]),
-                       ("teacher", predict_fn(teacher.policy_model), teacher.kind)],
+                       ("teacher", teacher_predict, teacher.kind)],
                 preprocessing, seed=protocol.seed, epsilon=protocol.epsilon,
                 out_path=Path(out_dir) / "videos" / f"{game}.gif", max_seconds=video_seconds)
             if v["path"] is not None:  # None: the twin screen never matched (see videos).

@@ -221,10 +221,11 @@ def game_intervals(samples: dict[str, GameSample],
     gm_point = None
     if games and all(p is not None and p > 0 for p in ratio_points):
         gm_point = 100 * math.exp(np.mean(np.log(ratio_points)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        logs = np.log(np.where(np.stack(ratio_draws) > 0, np.stack(ratio_draws), np.nan)) \
-            if games else np.zeros((0, r))
-    gm_draws = 100 * np.exp(logs.mean(axis=0)) if games else np.zeros(r)
+    gm_draws = np.zeros(r)
+    if games:
+        ratios = np.stack(ratio_draws)  # (G, R); NaN where a ratio is undefined.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gm_draws = 100 * np.exp(np.log(np.where(ratios > 0, ratios, np.nan)).mean(axis=0))
     enough = all(len(samples[g].student) >= MIN_EPISODES for g in games)
     out = {"games": per_game,
            "geometric_mean_percent_of_teacher": _estimate(gm_point, gm_draws, boot.confidence,

@@ -42,8 +42,7 @@ from multidistill import environments, files
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
-SCREEN_HEIGHT = 210  # Atari screen, pixels.
-SCREEN_WIDTH = 160
+SCREEN_HEIGHT, SCREEN_WIDTH = environments.ATARI_SCREEN  # Pixels.
 CAPTION_HEIGHT = 28  # Strip above each screen: two lines of text, pixels.
 GAP = 4  # Between two players' columns, pixels.
 MAX_FPS = 50  # GIF times frames in 10 ms units; browsers slow frames under 20 ms.
@@ -247,27 +246,7 @@ def make_screen_env(game: str, spec: environments.Preprocessing):
     are full-size RGB screens: shape (1, 1, 210, 160, 3) uint8 (environment,
     stack of one, height, width, channel).
     """
-    import ale_py
-
-    return ale_py.AtariVectorEnv(
-        game,
-        1,
-        num_threads=1,
-        max_num_frames_per_episode=spec.max_episode_frames,
-        repeat_action_probability=spec.sticky_action_prob,
-        full_action_space=spec.full_action_space,
-        img_height=SCREEN_HEIGHT,
-        img_width=SCREEN_WIDTH,
-        grayscale=False,
-        stack_num=1,
-        frameskip=spec.frame_skip,
-        maxpool=spec.max_pool,
-        noop_max=spec.noop_max,
-        episodic_life=spec.episodic_life,
-        reward_clipping=False,
-        use_fire_reset=spec.fire_reset,
-        autoreset_mode="NextStep",
-    )
+    return environments.make_vector_env(game, spec, 1, num_threads=1, rgb_screen=True)
 
 
 def observation_frame(screen: np.ndarray, spec: environments.Preprocessing) -> np.ndarray:
