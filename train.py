@@ -24,7 +24,16 @@ from pathlib import Path
 
 from absl import flags
 
-from multidistill import cli, collect, datasets, distiller, evaluation, pipeline, students
+from multidistill import (
+    cli,
+    collect,
+    datasets,
+    distiller,
+    evaluation,
+    pipeline,
+    rounds,
+    students,
+)
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
@@ -42,6 +51,8 @@ PRESETS = {
         "eval_every_steps": 30,
         "eval_episodes": "1",
         "eval_num_envs": 1,
+        "agent_steps_per_round": 300,
+        "grad_steps_per_round": 30,
         "video_seconds": 2.0,
         "student_size": "net3",
         "datasets_dir": "datasets/smoke",
@@ -50,6 +61,7 @@ PRESETS = {
 
 cli.define_collect_flags()
 cli.define_distill_flags()
+cli.define_rounds_flags()
 cli.define_eval_flags()
 flags.adopt_module_key_flags(cli)  # Show them in `python train.py --help`.
 flags.DEFINE_enum("preset", "default", list(PRESETS),
@@ -79,6 +91,16 @@ def main(argv):
                 for g in game_names}
     kinds = [teachers[g].kind for g in game_names]
     config = cli.distill_config_from_flags(game_names, kinds)
+    rounds_config = cli.rounds_config_from_flags(_rounds())
+    try:  # Before any long work: the cap must hold the teacher's data and a round.
+        rounds_config.check_cap(FLAGS.num_agent_steps)
+    except ValueError as e:
+        raise cli.UsageError(f"--{e}") from None
+    cli.require(not (rounds_config.rounds and rounds_config.control in ("student", "mixture")
+                     and config.num_grad_steps < 1),
+                f"--control={rounds_config.control} needs a trained student to act in round "
+                f"1: --num_grad_steps (round 0's training) must be >= 1, found "
+                f"{config.num_grad_steps}")
 
     # 2. Datasets.
     print(f"[1/3] datasets in {FLAGS.datasets_dir}: {FLAGS.num_agent_steps:,} agent steps "
@@ -102,33 +124,40 @@ def main(argv):
     build_seconds = time.perf_counter() - t_start
 
     # 3. Distillation: the HDF5 source on the data the run started from.
+    control = "" if rounds_config.control == "teacher" and not rounds_config.rounds else \
+        f"_{rounds_config.control}"
     run_dir = Path(FLAGS.run_dir or Path("runs") / (
         f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}_{FLAGS.preset}"
-        f"_seed{FLAGS.seed}"))
+        f"{control}_seed{FLAGS.seed}"))
     print(f"[2/3] distilling into {run_dir} ({config.num_grad_steps:,} gradient steps of "
           f"{config.pipeline.batch_size_per_game * len(game_names)} samples, "
-          f"{config.precision})")
-    source = pipeline.HDF5Source(paths, config.pipeline, fields=config.objective.fields,
-                                 max_episodes=distiller.data_prefix(run_dir))
-    try:
-        d = distiller.Distiller(run_dir, config, source, spec, teacher_kinds=kinds)
-    except BaseException:
-        source.close()
-        raise
-    try:
-        train_summary = d.train()
-    except KeyboardInterrupt:
-        print(f"interrupted at gradient step {d.grad_step}: checkpoint saved in {run_dir}; "
-              "run the same command to resume", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        d.close()
+          f"{config.precision})" + (
+              f", then {rounds_config.rounds} rounds: {rounds_config.agent_steps_per_round:,} "
+              f"steps per game collected, {rounds_config.control} acting, and "
+              f"{rounds_config.grad_steps_per_round:,} gradient steps each"
+              if rounds_config.rounds else ""))
+    rounds_summary = None
+    if rounds_config.rounds:
+        loop = rounds.RoundLoop(run_dir, rounds_config, config, teachers, paths, spec,
+                                collect_config)
+        try:
+            rounds_summary = loop.run()
+        except KeyboardInterrupt:
+            print(f"interrupted: what was done is saved in {run_dir}; run the same command "
+                  "to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+        train_summary = {"grad_steps": rounds_summary["grad_steps"],
+                         "seconds": rounds_summary["seconds"],
+                         "run_train_seconds": rounds_summary["run_train_seconds"]}
+        student_path = Path(rounds_summary["student"])
+    else:
+        train_summary, student_path = _distil(run_dir, config, paths, spec, kinds)
 
     # 4. Evaluation.
     episodes = ", ".join(f"{g} {protocol.episodes(g)}" for g in game_names)
     print(f"[3/3] evaluating, episodes per game and policy: {episodes}")
     t_eval = time.perf_counter()
-    student = students.load_student(d.student_path)
+    student = students.load_student(student_path)
     report = evaluation.evaluate_run(
         student, game_names, FLAGS.teachers_dir, spec, protocol,
         evaluate_teachers=FLAGS.evaluate_teachers, out_dir=run_dir,
@@ -138,6 +167,7 @@ def main(argv):
                "command": " ".join(["python", *sys.argv]), "commit": commit,
                "training": train_summary, "datasets": summaries,
                "config": config.to_dict(),
+               **({"rounds": rounds_summary} if rounds_summary else {}),
                "timing": {"build_seconds": build_seconds,
                           "distill_seconds": train_summary["seconds"],
                           "run_distill_seconds": train_summary["run_train_seconds"]}})
@@ -148,7 +178,35 @@ def main(argv):
     print()
     print(evaluation.report_markdown(report))
     print(f"report: {run_dir / 'report.md'}, {run_dir / 'report.json'}; "
-          f"student: {d.student_path}")
+          f"student: {student_path}")
+
+
+def _rounds() -> int:
+    """--rounds, or its default for the control policy and preset."""
+    if FLAGS.rounds is not None:
+        return FLAGS.rounds
+    if FLAGS.control == "teacher":
+        return 0
+    return 2 if FLAGS.preset == "smoke" else 4
+
+
+def _distil(run_dir, config, paths, spec, kinds):
+    """Offline distillation on the datasets (no rounds): (summary, student path)."""
+    source = pipeline.HDF5Source(paths, config.pipeline, fields=config.objective.fields,
+                                 max_episodes=distiller.data_prefix(run_dir))
+    try:
+        d = distiller.Distiller(run_dir, config, source, spec, teacher_kinds=kinds)
+    except BaseException:
+        source.close()
+        raise
+    try:
+        return d.train(), d.student_path
+    except KeyboardInterrupt:
+        print(f"interrupted at gradient step {d.grad_step}: checkpoint saved in {run_dir}; "
+              "run the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        d.close()
 
 
 def _commit() -> str | None:

@@ -268,6 +268,62 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
          "checkpoint_every_steps", "eval_every_steps", "game_weights"))
 
 
+# -- collection rounds (train.py) -------------------------------------------------
+
+
+def define_rounds_flags():
+    """Student-driven distillation: who acts in the collection rounds, how much."""
+    from multidistill import rounds
+
+    d = rounds.RoundsConfig()
+    flags.DEFINE_enum("control", d.control, list(rounds.CONTROLS),
+                      "Who acts in the collection rounds after round 0 (the teacher always "
+                      "labels): teacher (more teacher-driven data), student (Actor-Mimic: the "
+                      "student, epsilon-greedy with --student_epsilon), mixture (DAgger: the "
+                      "teacher acts with probability --beta x --beta_decay^(round-1), else the "
+                      "student) or uniform (random actions).")
+    flags.DEFINE_integer("rounds", None,
+                         "Collection rounds after round 0, the offline teacher-driven "
+                         "training (default: 0 with --control=teacher, 4 otherwise; 2 in the "
+                         "smoke preset).")
+    flags.DEFINE_integer("agent_steps_per_round", d.agent_steps_per_round,
+                         "Agent steps (4 emulator frames each) collected per game in each "
+                         "round, appended to the game's data.")
+    flags.DEFINE_integer("grad_steps_per_round", d.grad_steps_per_round,
+                         "Gradient steps trained after each round's collection (round 0 "
+                         "trains --num_grad_steps).")
+    flags.DEFINE_float("student_epsilon", d.epsilon,
+                       "Probability in [0, 1] of a random action when the student (or the "
+                       "mixture) acts in a round (Actor-Mimic: 0.1).")
+    flags.DEFINE_float("beta_decay", d.beta_decay,
+                       "With --control=mixture: factor in [0, 1] applied to beta each round "
+                       "(round r's beta is --beta x beta_decay^(r-1)).")
+    flags.DEFINE_integer("max_agent_steps_per_game", d.max_agent_steps_per_game,
+                         "Cap on the agent steps a game's training data holds, teacher-driven "
+                         "data included; past it the oldest rounds leave (their files are "
+                         "deleted). 0: no cap.")
+    flags.DEFINE_bool("keep_teacher_data", d.keep_teacher_data,
+                      "Keep the teacher-driven data in the sampler whatever the cap (else it "
+                      "is the oldest data and leaves first).")
+
+
+def rounds_config_from_flags(rounds: int):
+    """The RoundsConfig of the flags, with the round count resolved by the caller."""
+    from multidistill import rounds as rounds_lib
+
+    return _config_from_flags(lambda: rounds_lib.RoundsConfig(
+        control=FLAGS.control, rounds=rounds, agent_steps_per_round=FLAGS.agent_steps_per_round,
+        grad_steps_per_round=FLAGS.grad_steps_per_round, epsilon=FLAGS.student_epsilon,
+        beta=FLAGS.beta, beta_decay=FLAGS.beta_decay,
+        max_agent_steps_per_game=FLAGS.max_agent_steps_per_game,
+        keep_teacher_data=FLAGS.keep_teacher_data),
+        {"control": "control", "rounds": "rounds",
+         "agent_steps_per_round": "agent_steps_per_round",
+         "grad_steps_per_round": "grad_steps_per_round", "epsilon": "student_epsilon",
+         "beta": "beta", "beta_decay": "beta_decay",
+         "max_agent_steps_per_game": "max_agent_steps_per_game"})
+
+
 # -- evaluation (train.py, evaluate) ---------------------------------------------
 
 

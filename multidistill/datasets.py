@@ -176,11 +176,16 @@ def dataset_path(datasets_dir: str | os.PathLike, game: str) -> Path:
     return Path(datasets_dir) / f"{game}.h5"
 
 
+def lock_file(path: str | os.PathLike) -> Path:
+    """The lock file of a dataset's writers (`file_lock`): `<path>.lock`."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike):
     """Holds an exclusive lock on `path`.lock for a writer, or refuses at once."""
-    path = Path(path)
-    lock_path = path.with_name(path.name + ".lock")
+    lock_path = lock_file(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -889,6 +894,121 @@ class Dataset(_H5File):
         out.update({name: raw[name] for name in STEP_FIELDS})
         out["teacher_features"] = out["teacher_features"].astype(np.float32)
         return out
+
+
+class DatasetSet:
+    """Several files of one game read as one dataset, rows in file order.
+
+    A game's data can be a set of files: the teacher-driven dataset and the
+    files that later collection rounds wrote (one per round, so that a round
+    leaving the sampler frees its disk by deleting its file; HDF5 does not
+    give space back otherwise). The set offers the read interface of
+    `Dataset` that batch sources use (counts, episode table, `read_rows`,
+    `sessions`); rows are numbered across the files, and a read may span
+    files (every file starts an episode, so no observation stacks frames of
+    two files).
+
+    Args:
+      paths: the files, in row order.
+      max_episodes: per file, the prefix of episodes to show (None: all).
+
+    Raises:
+      DatasetError: a file does not open, or the files differ in game,
+        labelling teacher, action or feature count, or preprocessing.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike],
+                 max_episodes: Sequence[int | None] | None = None):
+        if not paths:
+            raise ValueError("a dataset set needs at least one file")
+        max_episodes = list(max_episodes) if max_episodes is not None else [None] * len(paths)
+        if len(max_episodes) != len(paths):
+            raise ValueError(f"max_episodes has {len(max_episodes)} entries for "
+                             f"{len(paths)} files")
+        self.parts: list[Dataset] = []
+        try:
+            for p, m in zip(paths, max_episodes):
+                self.parts.append(Dataset(p, None if m is None else int(m)))
+            first = self.parts[0]
+            for ds in self.parts[1:]:
+                for name in ("game", "teacher_sha256", "num_actions", "stored_feature_dim",
+                             "preprocessing"):
+                    if getattr(ds, name) != getattr(first, name):
+                        raise DatasetError(
+                            f"dataset {ds.path} cannot be read with {first.path}: its "
+                            f"{name} differs ({getattr(ds, name)!r} vs "
+                            f"{getattr(first, name)!r})")
+        except Exception:
+            self.close()
+            raise
+        self.path = first.path if len(self.parts) == 1 else Path(
+            f"{first.path} (+{len(self.parts) - 1} more files)")
+        for name in ("game", "num_actions", "feature_dim", "stored_feature_dim",
+                     "teacher_sha256", "teacher_kind", "teacher_value_source",
+                     "preprocessing"):
+            setattr(self, name, getattr(first, name))
+        self.part_steps = np.array([ds.num_agent_steps for ds in self.parts], np.int64)
+        self.part_starts = np.concatenate([[0], np.cumsum(self.part_steps)]).astype(np.int64)
+        self.num_agent_steps = int(self.part_starts[-1])
+        self.num_episodes = int(sum(ds.num_episodes for ds in self.parts))
+        self.episode_starts = np.concatenate(
+            [ds.episode_starts + s for ds, s in zip(self.parts, self.part_starts)])
+        self.episode_lengths = np.concatenate([ds.episode_lengths for ds in self.parts])
+        self.episode_returns = np.concatenate([ds.episode_returns for ds in self.parts])
+
+    @property
+    def sessions(self) -> list[Session]:
+        """Every file's sessions, step ranges in the set's row numbers."""
+        return [dataclasses.replace(s, step_start=s.step_start + int(start),
+                                    step_stop=s.step_stop + int(start))
+                for ds, start in zip(self.parts, self.part_starts) for s in ds.sessions]
+
+    def episode_offsets(self, start: int, stop: int) -> np.ndarray:
+        rows = np.arange(start, stop)
+        ep = np.searchsorted(self.episode_starts, rows, side="right") - 1
+        return rows - self.episode_starts[ep]
+
+    def read_rows(self, start: int, stop: int, fields: Sequence[str] = STEP_FIELDS,
+                  history: int = 0) -> dict[str, Any]:
+        """`Dataset.read_rows` over the set's rows (history from the first file read)."""
+        if not 0 <= start <= stop <= self.num_agent_steps:
+            raise IndexError(f"rows {start}:{stop} outside dataset {self.path} of "
+                             f"{self.num_agent_steps} steps")
+        if start == stop:
+            return {"frames": np.zeros((0,) + self.preprocessing.observation_shape[1:],
+                                       np.uint8), "prefix": 0,
+                    "offsets": np.zeros(0, np.int64),
+                    **{name: self.parts[0].read_rows(0, 0, [name])[name] for name in fields}}
+        first = int(np.searchsorted(self.part_starts, start, side="right") - 1)
+        pieces, at = [], start
+        for k in range(first, len(self.parts)):
+            lo, hi = self.part_starts[k], self.part_starts[k + 1]
+            if at >= stop:
+                break
+            if at >= hi:
+                continue
+            end = min(stop, hi)
+            pieces.append(self.parts[k].read_rows(int(at - lo), int(end - lo), fields,
+                                                  history=history if not pieces else 0))
+            at = end
+        if len(pieces) == 1:
+            return pieces[0]
+        out = {"prefix": pieces[0]["prefix"]}
+        for name in ["frames", "offsets", *fields]:
+            out[name] = np.concatenate([p[name] for p in pieces])
+        return out
+
+    read_block = Dataset.read_block  # Reads rows through `read_rows`, as for one file.
+
+    def close(self):
+        for ds in self.parts:
+            ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def stack_rows(block: dict[str, Any], rows: np.ndarray, frame_stack: int) -> np.ndarray:

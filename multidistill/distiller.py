@@ -228,7 +228,7 @@ class Distiller:
 
     def __init__(self, run_dir: str | os.PathLike, config: DistillConfig,
                  source: pipeline.BatchSource, spec: environments.Preprocessing,
-                 teacher_kinds: Sequence[str]):
+                 teacher_kinds: Sequence[str], data_identity: dict | None = None):
         """Builds the student, or resumes the run in `run_dir`.
 
         Args:
@@ -240,6 +240,9 @@ class Distiller:
           spec: the preprocessing.
           teacher_kinds: per game, the teacher's kind (the student's acting
             rule in evaluation).
+          data_identity: what data the run is bound to (default:
+            `source.identity()`); a run whose sources change as it goes
+            (collection rounds, `multidistill.rounds`) passes what fixes them.
 
         Raises:
           TrainingError: the source's games differ from the config's, or
@@ -249,19 +252,12 @@ class Distiller:
         self.config = config
         self.spec = spec
         self.source = source
-        if tuple(source.games) != tuple(config.games):
-            raise TrainingError(f"the batch source serves the games {list(source.games)}, "
-                                f"the run trains {list(config.games)}")
-        served = tuple(source.fields)
-        missing = [f for f in config.objective.fields if f not in served]
-        if missing:
-            raise TrainingError(f"the batch source loads the fields {list(served)}, the "
-                                f"objective also needs {missing}: open it with "
-                                "fields=config.objective.fields")
+        self._check_source(source)
         # Compared as JSON (tuples and lists alike), as config.json stores it.
         run_identity = json.loads(json.dumps(
             {"config": config.identity(), "teacher_kinds": list(teacher_kinds),
-             "data": source.identity(), "preprocessing": spec.to_dict()}))
+             "data": source.identity() if data_identity is None else data_identity,
+             "preprocessing": spec.to_dict()}))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "config.json"
         if config_path.exists():
@@ -288,6 +284,34 @@ class Distiller:
             self._seconds_before = float(state.get("train_seconds", 0.0))
         self.writer = summaries.ScalarWriter(self.run_dir)
         self._holdout = [source.holdout(g) for g in range(len(config.games))]
+
+    def _check_source(self, source: pipeline.BatchSource) -> None:
+        config = self.config
+        if tuple(source.games) != tuple(config.games):
+            raise TrainingError(f"the batch source serves the games {list(source.games)}, "
+                                f"the run trains {list(config.games)}")
+        served = tuple(source.fields)
+        missing = [f for f in config.objective.fields if f not in served]
+        if missing:
+            raise TrainingError(f"the batch source loads the fields {list(served)}, the "
+                                f"objective also needs {missing}: open it with "
+                                "fields=config.objective.fields")
+
+    def use_source(self, source: pipeline.BatchSource) -> None:
+        """Trains on `source` from now on (the old one is closed); held-out
+        data are taken from it anew."""
+        try:
+            self._check_source(source)
+        except TrainingError:
+            source.close()
+            raise
+        self.source.close()
+        self.source = source
+        self._holdout = [source.holdout(g) for g in range(len(self.config.games))]
+
+    def set_num_grad_steps(self, num_grad_steps: int) -> None:
+        """Moves the step count `train` stops at (e.g. one round further)."""
+        self.config = dataclasses.replace(self.config, num_grad_steps=int(num_grad_steps))
 
     @property
     def train_seconds(self) -> float:

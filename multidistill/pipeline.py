@@ -146,6 +146,29 @@ _FIELD_DTYPES = {
     "terminated": bool, "truncated": bool,
 }
 
+# Fields of the step after the sample's (s_{t+1}), for objectives with a
+# one-step look-ahead: its observation, its teacher labels, and whether it
+# exists (0 where step t ended the episode; the other next fields are zeros there).
+NEXT_FIELDS = ("next_frames", "next_teacher_outputs", "next_teacher_values", "next_valid")
+FIELDS = datasets_lib.STEP_FIELDS + NEXT_FIELDS
+# The stored fields each next field is made from.
+_NEXT_NEEDS = {"next_frames": (), "next_teacher_outputs": ("teacher_outputs",),
+               "next_teacher_values": ("teacher_values",),
+               "next_valid": ("terminated", "truncated")}
+_NEXT_DTYPES = {"next_frames": np.uint8, "next_teacher_outputs": np.float32,
+                "next_teacher_values": np.float32, "next_valid": np.float32}
+
+
+def stored_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """The stored step fields that `fields` (some of `FIELDS`) are read from."""
+    out = [f for f in fields if f in datasets_lib.STEP_FIELDS]
+    for f in fields:
+        if f in _NEXT_NEEDS:
+            if "terminated" not in out:  # Every next field is zeroed past the episode.
+                out += ["terminated", "truncated"]
+            out += [x for x in _NEXT_NEEDS[f] if x not in out]
+    return tuple(dict.fromkeys(out))
+
 
 class _GameWindow:
     """The block window of one game's dataset."""
@@ -153,7 +176,9 @@ class _GameWindow:
     def __init__(self, ds: datasets_lib.Dataset, index: int, config: PipelineConfig,
                  per_batch: int, fields: Sequence[str]):
         self.ds = ds
-        self.fields = tuple(fields)
+        self.outputs = tuple(fields)
+        self.next_fields = tuple(f for f in fields if f in NEXT_FIELDS)
+        self.fields = stored_fields(fields)
         self.index = index
         self.config = config
         self.stack = ds.preprocessing.frame_stack
@@ -176,7 +201,8 @@ class _GameWindow:
         # Python loop per sample, little time holding the GIL). Slot s holds
         # its block's rows after `stack - 1` frames of history (zeros where
         # the block starts the dataset).
-        r, pad = self.block_rows, self.stack - 1
+        # With next fields, each slot also holds the row after its block.
+        r, pad = self.block_rows + (1 if self.next_fields else 0), self.stack - 1
         h, w = ds.preprocessing.frame_height, ds.preprocessing.frame_width
         widths = {"teacher_outputs": ds.num_actions, "teacher_features": ds.stored_feature_dim}
         self._frames = np.zeros((self.slots, pad + r, h, w), np.uint8)
@@ -201,14 +227,18 @@ class _GameWindow:
         return int(min(rng.integers(0, last // align + 2) * align, last))
 
     def _load(self, slot: int, start: int) -> None:
-        block = self.ds.read_rows(start, start + self.block_rows, self.fields,
-                                  history=self.stack - 1)
-        pad, prefix = self.stack - 1, block["prefix"]
+        rows = self._offsets.shape[1]  # The block, and the row after it if kept.
+        stop = min(start + rows, self.ds.num_agent_steps)
+        block = self.ds.read_rows(start, stop, self.fields, history=self.stack - 1)
+        pad, prefix, n = self.stack - 1, block["prefix"], stop - start
         self._frames[slot, : pad - prefix] = 0
-        self._frames[slot, pad - prefix:] = block["frames"]
-        self._offsets[slot] = block["offsets"]
+        self._frames[slot, pad - prefix: pad + n] = block["frames"]
+        self._frames[slot, pad + n:] = 0
+        self._offsets[slot, :n] = block["offsets"]
+        self._offsets[slot, n:] = 0
         for name in self.fields:
-            self._fields[name][slot] = block[name]
+            self._fields[name][slot, :n] = block[name]
+            self._fields[name][slot, n:] = 0
 
     def refresh(self, batch: int) -> None:
         """Loads the blocks that batch number `batch` draws from."""
@@ -232,6 +262,28 @@ class _GameWindow:
         out = {"observations": obs}
         for name in self.fields:
             out[name] = self._fields[name][slot_idx, row_idx]
+        if self.next_fields:
+            out.update(self._next(frames, width, slot_idx, row_idx))
+        return out
+
+    def _next(self, frames, width, slot_idx, row_idx) -> dict[str, np.ndarray]:
+        """The next fields of the sampled rows (the row after each, same episode)."""
+        ended = (self._fields["terminated"][slot_idx, row_idx]
+                 | self._fields["truncated"][slot_idx, row_idx])
+        valid = ~ended
+        nxt = row_idx + 1
+        out = {}
+        for name in self.next_fields:
+            if name == "next_valid":
+                value = valid.astype(np.float32)
+            elif name == "next_frames":
+                value = environments.stack_frames(
+                    frames, slot_idx * width + self.stack - 1 + nxt,
+                    self._offsets[slot_idx, nxt], self.stack)
+            else:
+                value = self._fields[name[len("next_"):]][slot_idx, nxt].astype(np.float32)
+            value[ended] = 0
+            out[name] = value
         return out
 
 
@@ -270,10 +322,9 @@ class HDF5Source:
     def __init__(self, paths: Sequence[str], config: PipelineConfig,
                  fields: Sequence[str] = ("teacher_outputs",),
                  max_episodes: Sequence[int] | None = None):
-        unknown = [f for f in fields if f not in datasets_lib.STEP_FIELDS]
+        unknown = [f for f in fields if f not in FIELDS]
         if unknown:
-            raise ValueError(f"unknown batch fields {unknown}: expected some of "
-                             f"{list(datasets_lib.STEP_FIELDS)}")
+            raise ValueError(f"unknown batch fields {unknown}: expected some of {list(FIELDS)}")
         if max_episodes is not None and len(max_episodes) != len(paths):
             raise ValueError(f"max_episodes has {len(max_episodes)} entries for "
                              f"{len(paths)} datasets")
@@ -282,8 +333,11 @@ class HDF5Source:
         self.datasets = []
         try:
             for i, p in enumerate(paths):
-                self.datasets.append(datasets_lib.Dataset(
-                    p, None if max_episodes is None else int(max_episodes[i])))
+                m = None if max_episodes is None else max_episodes[i]
+                if isinstance(p, (list, tuple)):  # A game's data in several files.
+                    self.datasets.append(datasets_lib.DatasetSet(p, m))
+                else:
+                    self.datasets.append(datasets_lib.Dataset(p, None if m is None else int(m)))
         except Exception:
             self.close()
             raise
@@ -314,23 +368,28 @@ class HDF5Source:
              "sessions": [s.to_dict() for s in ds.sessions]}
             for ds in self.datasets]}
 
-    def _assemble(self, parts: list[tuple[int, dict]]) -> tuple[dict, dict]:
+    def _assemble(self, parts: list[tuple[int, dict]], fields: Sequence[str] | None = None
+                  ) -> tuple[dict, dict]:
+        fields = self.fields if fields is None else fields
         n = sum(len(p["observations"]) for _, p in parts)
         first = parts[0][1]["observations"]
         obs = np.empty((n,) + first.shape[1:], np.uint8)
         gid = np.zeros(n, np.int32)
-        widths = {"teacher_outputs": self.max_actions,
-                  "teacher_features": self.max_feature_dim}
+        widths = {"teacher_outputs": (self.max_actions,),
+                  "next_teacher_outputs": (self.max_actions,),
+                  "teacher_features": (self.max_feature_dim,),
+                  "next_frames": first.shape[1:]}
         y = {}
-        for name in self.fields:
-            dtype = np.float32 if name == "teacher_features" else _FIELD_DTYPES[name]
-            y[name] = np.zeros((n,) + ((widths[name],) if name in widths else ()), dtype)
+        for name in fields:
+            dtype = (np.float32 if name == "teacher_features" else
+                     _NEXT_DTYPES[name] if name in _NEXT_DTYPES else _FIELD_DTYPES[name])
+            y[name] = np.zeros((n,) + widths.get(name, ()), dtype)
         k = 0
         for g, p in parts:
             m = len(p["observations"])
             obs[k:k + m] = p["observations"]
             gid[k:k + m] = g
-            for name in self.fields:
+            for name in fields:
                 value = p[name]
                 if value.ndim == 2:
                     y[name][k:k + m, : value.shape[1]] = value
@@ -352,8 +411,9 @@ class HDF5Source:
         if hi <= lo:
             return None
         rows = np.unique(np.linspace(lo, hi - 1, num=min(max_rows, hi - lo)).astype(int))
-        part = _gather(self.datasets[game_index], rows, self.fields)
-        return self._assemble([(game_index, part)])
+        stored = [f for f in self.fields if f in datasets_lib.STEP_FIELDS]
+        part = _gather(self.datasets[game_index], rows, stored)
+        return self._assemble([(game_index, part)], stored)
 
     def iterate(self, start_batch: int) -> Iterator[tuple[int, dict, dict]]:
         """Yields (index, x, y) from `start_batch` on, prepared in a background thread."""

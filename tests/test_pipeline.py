@@ -223,3 +223,82 @@ def test_a_source_on_a_prefix_ignores_later_episodes(two_games, spec):
                                   holdout[1]["teacher_outputs"])
     prefix.close()
 
+
+
+def _episodes_file(path, spec, lengths, seed0, game="pong", num_actions=6, feature_dim=5):
+    with new_writer(path, spec, game=game, num_actions=num_actions,
+                    feature_dim=feature_dim) as w:
+        for e, t in enumerate(lengths):
+            w.append_episode(synthetic_episode(t, num_actions, feature_dim, seed=seed0 + e))
+    return str(path)
+
+
+def test_a_dataset_set_reads_its_files_as_one(tmp_path, spec):
+    """Rows numbered across the files, reads spanning a file boundary, stacks
+    that never reach into the previous file, sessions shifted."""
+    a = _episodes_file(tmp_path / "a.h5", spec, [30, 20], seed0=0)
+    b = _episodes_file(tmp_path / "b.h5", spec, [25], seed0=10)
+    with datasets.DatasetSet([a, b]) as s, datasets.Dataset(a) as da, \
+            datasets.Dataset(b) as db:
+        assert s.num_agent_steps == 75 and s.num_episodes == 3
+        np.testing.assert_array_equal(s.episode_starts, [0, 30, 50])
+        assert [(x.step_start, x.step_stop) for x in s.sessions] == [(0, 50), (50, 75)]
+        block = s.read_rows(45, 60, ("teacher_outputs", "actions"), history=3)
+        assert block["prefix"] == 3
+        np.testing.assert_array_equal(block["offsets"], list(range(15, 20)) + list(range(10)))
+        want = np.concatenate([da.read_rows(45, 50, ("actions",))["actions"],
+                               db.read_rows(0, 10, ("actions",))["actions"]])
+        np.testing.assert_array_equal(block["actions"], want)
+        # The stack of b's first row is its own frame and zeros, not a's last frames.
+        obs = datasets.stack_rows(block, np.array([5]), 4)[0]
+        np.testing.assert_array_equal(obs[-1], db.read_block(0, 1)["observations"][0, -1])
+        assert (obs[:3] == 0).all()
+        # A prefix per file.
+        with datasets.DatasetSet([a, b], max_episodes=[1, 1]) as p:
+            assert p.num_agent_steps == 55 and p.num_episodes == 2
+
+
+def test_a_dataset_set_refuses_files_of_another_teacher(tmp_path, spec):
+    a = _episodes_file(tmp_path / "a.h5", spec, [30], seed0=0)
+    path = tmp_path / "b.h5"
+    with new_writer(path, spec, teacher_sha="b" * 64) as w:
+        w.append_episode(synthetic_episode(20, seed=1))
+    with pytest.raises(datasets.DatasetError, match="teacher_sha256 differs"):
+        datasets.DatasetSet([a, str(path)])
+
+
+def test_next_step_fields_are_the_following_row_of_the_episode(tmp_path, spec):
+    """next_* of a sampled row t: the observation and labels of row t+1 when
+    step t did not end the episode, zeros and next_valid 0 where it did."""
+    paths = [_episodes_file(tmp_path / "a.h5", spec, [9, 13, 6], seed0=0),
+             _episodes_file(tmp_path / "b.h5", spec, [11, 7], seed0=5)]
+    cfg = pipeline.PipelineConfig(batch_size_per_game=32, block_rows=8, blocks_in_memory=2,
+                                  holdout_fraction=0.0)
+    fields = ("teacher_outputs", "next_frames", "next_teacher_outputs",
+              "next_teacher_values", "next_valid")
+    s = pipeline.HDF5Source([paths], cfg, fields=fields)
+    ds = s.datasets[0]
+    truth = ds.read_block(0, ds.num_agent_steps)
+    ends = truth["terminated"] | truth["truncated"]
+    seen_end = seen_inner = False
+    for i in range(6):
+        x, y = s.batch(i)
+        for k in range(len(x["game_id"])):
+            rows = [r for r in range(ds.num_agent_steps)
+                    if np.array_equal(truth["observations"][r], x["frames"][k])
+                    and np.allclose(truth["teacher_outputs"][r], y["teacher_outputs"][k])]
+            assert len(rows) == 1
+            r = rows[0]
+            if ends[r]:
+                seen_end = True
+                assert y["next_valid"][k] == 0 and not y["next_frames"][k].any()
+                assert not y["next_teacher_outputs"][k].any()
+            else:
+                seen_inner = True
+                assert y["next_valid"][k] == 1
+                np.testing.assert_array_equal(y["next_frames"][k], truth["observations"][r + 1])
+                np.testing.assert_allclose(y["next_teacher_outputs"][k],
+                                           truth["teacher_outputs"][r + 1])
+                assert y["next_teacher_values"][k] == truth["teacher_values"][r + 1]
+    assert seen_end and seen_inner
+    s.close()
