@@ -1079,14 +1079,39 @@ def upgrade(path: str | os.PathLike, keep_backup: bool = True) -> Path | None:
     return backup if keep_backup else None
 
 
+def describe(path: str | os.PathLike) -> str:
+    """A file's summary: game, labelling teacher, counts, and one line per
+    recording session (who acted, beta, epsilon, seed, steps)."""
+    with Dataset(path) as ds:
+        lines = [f"{ds.path}: {ds.game}, schema {ds.schema_version}, labelled by a "
+                 f"{ds.teacher_kind} teacher (sha256 {ds.teacher_sha256[:12]}), "
+                 f"{ds.num_agent_steps:,} agent steps in {ds.num_episodes} episodes, mean "
+                 f"return {ds.attrs.get('mean_episode_return', float('nan')):.1f}",
+                 "  session  behaviour  beta    epsilon  seed          steps"]
+        for i, s in enumerate(ds.sessions):
+            steps = (f"{s.step_start:,}-{s.step_stop:,}" if s.step_start >= 0 else "unknown")
+            lines.append(f"  {i:<7}  {s.behaviour:<9}  {s.beta:<6.3g}  {s.epsilon:<7.3g}  "
+                         f"{s.seed:<12}  {steps}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> int:
-    """`python -m multidistill.datasets upgrade FILE [FILE ...]`."""
-    usage = ("usage: python -m multidistill.datasets upgrade FILE [FILE ...]\n"
-             "  rewrites version 1 dataset files as version 2 (the v1 file is kept as "
-             "<name>.v1.h5)")
-    if len(argv) < 2 or argv[0] != "upgrade":
+    """`python -m multidistill.datasets info|upgrade FILE [FILE ...]`."""
+    usage = ("usage: python -m multidistill.datasets info|upgrade FILE [FILE ...]\n"
+             "  info     prints each file's counts and recording sessions (who acted)\n"
+             "  upgrade  rewrites version 1 dataset files as version 2 (the v1 file is kept "
+             "as <name>.v1.h5)")
+    if len(argv) < 2 or argv[0] not in ("info", "upgrade"):
         print(usage, file=sys.stderr)
         return 2
+    if argv[0] == "info":
+        for name in argv[1:]:
+            try:
+                print(describe(name))
+            except (DatasetError, OSError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        return 0
     for name in argv[1:]:
         try:
             backup = upgrade(name)

@@ -51,7 +51,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -180,14 +180,18 @@ class RoundLoop:
       collect_config: recording settings of the rounds (environments,
         threads, seed; its epsilon is the teacher control's).
       progress: show progress bars.
+      on_round: called with (round, summary so far) after each round's
+        training (e.g. to measure memory between rounds).
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: RoundsConfig,
                  distill_config: distiller.DistillConfig,
                  teachers: dict[str, teachers_lib.Teacher], base_paths: Sequence[str],
                  spec: environments.Preprocessing, collect_config: collect.CollectConfig,
-                 progress: bool = True):
+                 progress: bool = True,
+                 on_round: Callable[[int, dict], None] | None = None):
         self.run_dir = Path(run_dir)
+        self.on_round = on_round
         self.dir = self.run_dir / "rounds"
         self.config = config
         self.distill_config = distill_config
@@ -272,6 +276,8 @@ class RoundLoop:
                 state["trained"] = r
                 self._save_state(state)
                 self._remove_snapshots_before(r)
+                if self.on_round is not None:
+                    self.on_round(r, {"grad_steps": d.grad_step, "state": state})
             last = state["active"].get(str(c.rounds), {"rounds": [], "teacher_data": True})
             summary.update(
                 grad_steps=d.grad_step, seconds=time.perf_counter() - t0,

@@ -412,3 +412,19 @@ def test_upgrade_without_build_seeds_and_with_a_backup_in_the_way(tmp_path, spec
     assert datasets.upgrade(path) == backup
     with datasets.Dataset(path) as ds:
         assert ds.schema_version == 2 and [s.step_stop for s in ds.sessions] == [9]
+
+
+def test_info_lists_each_session_with_who_acted(tmp_path, spec, capsys):
+    path = tmp_path / "pong.h5"
+    with new_writer(path, spec) as w:
+        w.append_episode(synthetic_episode(30, seed=1))
+        w.start_session(datasets.Session(seed=9, behaviour="mixture", beta=0.25, epsilon=0.1,
+                                         behaviour_sha256="c" * 64, labeller_sha256="a" * 64))
+        w.append_episode(synthetic_episode(20, seed=2))
+    assert datasets.main(["info", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "50 agent steps in 2 episodes" in lines[0]
+    assert lines[2].split() == ["0", "teacher", "1", "0.05", "0", "0-30"]
+    assert lines[3].split() == ["1", "mixture", "0.25", "0.1", "9", "30-50"]
+    assert datasets.main(["info", str(tmp_path / "none.h5")]) == 2
+    assert "none.h5 does not exist" in capsys.readouterr().err
