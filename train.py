@@ -11,6 +11,9 @@
    random) and labelling;
 3. trains one student with a head per game by temperature-sharpened KL
    (or --loss), resuming --run_dir if it holds a checkpoint of this run;
+   with --control=student|mixture|uniform (or --rounds > 0), then runs
+   collection rounds: the control policy plays, the teacher labels, the
+   student trains on the aggregate (`multidistill.rounds`);
 4. evaluates student and teachers under one protocol and writes
    report.json and report.md into the run directory.
 """

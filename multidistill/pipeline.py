@@ -38,7 +38,15 @@ give the held-out metrics.
 Growing datasets. A source may be opened on a prefix of each file (the
 episodes a run started from, `max_episodes`): a file topped up or extended
 by later collection rounds then does not change the batches of a run that
-resumes.
+resumes. A game's data may also be several files (a list of paths, read as
+one `datasets.DatasetSet`): the teacher-driven dataset and the files of
+collection rounds (`multidistill.rounds`).
+
+Next-step fields. Besides the stored fields, a source serves `NEXT_FIELDS`
+for objectives that look one step ahead: the observation s_{t+1}
+(`next_frames`), its teacher outputs and value, and `next_valid` (0 where
+step t ended the episode, and then the other next fields are zeros). Each
+window slot keeps the row after its block for them.
 """
 
 from __future__ import annotations
