@@ -55,13 +55,20 @@ Where each row comes from and how sure it is:
     own trajectories): the "expected" rule computes the immediate term
     analytically instead of sampling it. tests/test_update_rules.py checks
     every "yes" row numerically.
-  * UNCERTAIN: whether the paper's entropy-regularised rows also carry the
-    student's own entropy (reward log pi_T(a) - log pi_S(a), i.e. a KL
-    rather than a cross-entropy). The sources read give the cross-entropy
-    form above; that form is the one implemented. With it, and with
-    N-distill's cross-entropy reward, the objective also rewards short
-    episodes (each step costs at least the teacher's entropy), so the
-    optimum need not be pi_S = pi_T where episodes can be ended early.
+  * UNCERTAIN: whether the paper measures these divergences as cross-
+    entropies H_x (as the sources read give, and as implemented by
+    default) or as KL divergences (the entropy-regularised rewards then
+    carry the student's term, log pi_T(a) - log pi_S(a), as in KL-
+    regularised RL). The two give the same gradient wherever only the
+    teacher's entropy separates them inside a loss, but not inside a
+    reward or where the student's entropy enters: with cross-entropies the
+    objectives of N-distill and the entropy-regularised rules also reward
+    short episodes (every step costs at least an entropy), so their optimum
+    need not be pi_S = pi_T where an episode can be ended early; with KL
+    divergences it is. Every function takes `divergence` = "cross_entropy"
+    (default) or "kl"; the KL objectives are those of the second table
+    with KL(pi_T || pi_S) (N-distill) and KL(pi_S || pi_T) (both entropy-
+    regularised rules) in place of the cross-entropies.
   * on-policy distill + R (env reward r_i): the paper's Sec. 3.1 shows that
     adding the environment's reward to on-policy distillation can make the
     dynamics cycle (not a gradient field either).
@@ -124,6 +131,11 @@ RULE_NAMES = (
     "teacher_value_reward",
     "value_gated_distill",
 )
+
+# How a rule's divergences are measured: the paper's cross-entropies H_x as
+# read (default), or the KL divergences (the UNCERTAIN alternative reading;
+# the module docstring).
+DIVERGENCES = ("cross_entropy", "kl")
 
 # The rules with a reward, hence a REINFORCE term.
 _REINFORCE_RULES = tuple(r for r in RULE_NAMES
@@ -238,30 +250,48 @@ def _require(rule, **given):
 
 
 def per_state_loss(rule, teacher_outputs, student_logits, temperature=1.0, action_mask=None,
-                   teacher_values=None, student_values=None):
+                   teacher_values=None, student_values=None, divergence="cross_entropy"):
     """The rule's l(s) per sample, (B,), or None where l = 0 (entropy
     regularised, teacher V reward):
 
       H_x(pi_T || pi_S)                   teacher/on-policy distill (+ R), N-distill
       H_x(pi_S || pi_T)                   expected entropy regularised
       H_x(pi_T || pi_S) [V_T > V_S]       value-gated distill (V_S: no gradient)
+
+    `divergence` "kl" replaces each H_x(p || q) by KL(p || q) = H_x(p || q) -
+    H(p): the same gradient where p is the teacher, a different one for
+    expected entropy regularised (the student's entropy enters).
     """
     if rule in ("entropy_regularised", "teacher_value_reward"):
         return None
     if rule not in SPECS:
         raise ValueError(f"rule must be one of {list(RULE_NAMES)}, found {rule!r}")
+    _check_divergence(divergence)
     _require(rule, teacher_outputs=teacher_outputs)
     log_t = teacher_log_probs(teacher_outputs, temperature, action_mask)
     log_s = student_log_probs(student_logits, action_mask)
     if rule == "expected_entropy_regularised":
-        return cross_entropy(log_s, log_t, action_mask)
-    loss = cross_entropy(log_t, log_s, action_mask)
+        return _divergence(log_s, log_t, action_mask, divergence)
+    loss = _divergence(log_t, log_s, action_mask, divergence)
     if rule == "value_gated_distill":
         _require(rule, teacher_values=teacher_values, student_values=student_values)
         gate = ops.greater(ops.cast(teacher_values, "float32"),
                            ops.stop_gradient(ops.cast(student_values, "float32")))
         loss = ops.cast(gate, "float32") * loss
     return loss
+
+
+def _check_divergence(divergence):
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, found {divergence!r}")
+
+
+def _divergence(log_p, log_q, action_mask, divergence):
+    """H_x(p || q), or KL(p || q) = H_x(p || q) - H(p), per sample."""
+    out = cross_entropy(log_p, log_q, action_mask)
+    if divergence == "kl":
+        out = out - cross_entropy(log_p, log_p, action_mask)
+    return out
 
 
 def _surrogate(per_state_loss, log_pi_s, actions, returns, importance_weights, sample_weight):
@@ -279,7 +309,7 @@ def _surrogate(per_state_loss, log_pi_s, actions, returns, importance_weights, s
 
 def _rule_surrogate(rule, teacher_outputs, student_logits, actions, returns, temperature,
                     action_mask, teacher_values, student_values, importance_weights,
-                    sample_weight):
+                    sample_weight, divergence):
     if rule not in _REINFORCE_RULES:
         returns = None  # r^ = 0: no REINFORCE term, whatever the caller gives.
     elif rule != "value_gated_distill":
@@ -289,7 +319,7 @@ def _rule_surrogate(rule, teacher_outputs, student_logits, actions, returns, tem
     else:
         actions = importance_weights = None  # No reward: the rule has no REINFORCE term.
     loss = per_state_loss(rule, teacher_outputs, student_logits, temperature, action_mask,
-                          teacher_values, student_values)
+                          teacher_values, student_values, divergence)
     log_s = student_log_probs(student_logits, action_mask)
     return _surrogate(loss, log_s, actions, returns, importance_weights, sample_weight)
 
@@ -302,7 +332,8 @@ def _rule_surrogate(rule, teacher_outputs, student_logits, actions, returns, tem
 
 def teacher_distill(teacher_outputs, student_logits, actions=None, returns=None,
                     temperature=1.0, action_mask=None, teacher_values=None,
-                    student_values=None, importance_weights=None, sample_weight=None):
+                    student_values=None, importance_weights=None, sample_weight=None,
+                    divergence="cross_entropy"):
     """Teacher distill (Table 1): the teacher acts; l = H_x(pi_T || pi_S), r^ = 0.
 
         surrogate = mean_batch w * H_x(pi_T(s) || pi_S(s))
@@ -313,12 +344,14 @@ def teacher_distill(teacher_outputs, student_logits, actions=None, returns=None,
     """
     return _rule_surrogate(
         "teacher_distill", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 def on_policy_distill(teacher_outputs, student_logits, actions=None, returns=None,
                       temperature=1.0, action_mask=None, teacher_values=None,
-                      student_values=None, importance_weights=None, sample_weight=None):
+                      student_values=None, importance_weights=None, sample_weight=None,
+                      divergence="cross_entropy"):
     """On-policy distill (Table 1): the student acts; l = H_x(pi_T || pi_S), r^ = 0.
 
         surrogate = mean_batch w * H_x(pi_T(s) || pi_S(s))
@@ -331,13 +364,14 @@ def on_policy_distill(teacher_outputs, student_logits, actions=None, returns=Non
     """
     return _rule_surrogate(
         "on_policy_distill", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 def on_policy_distill_reward(teacher_outputs, student_logits, actions=None, returns=None,
                              temperature=1.0, action_mask=None, teacher_values=None,
                              student_values=None, importance_weights=None,
-                             sample_weight=None):
+                             sample_weight=None, divergence="cross_entropy"):
     """On-policy distill + R: the student acts; l = H_x(pi_T || pi_S), r^_i = r_i.
 
         surrogate = mean_batch w * ( H_x(pi_T(s) || pi_S(s))
@@ -349,12 +383,14 @@ def on_policy_distill_reward(teacher_outputs, student_logits, actions=None, retu
     """
     return _rule_surrogate(
         "on_policy_distill_reward", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 def entropy_regularised(teacher_outputs, student_logits, actions=None, returns=None,
                         temperature=1.0, action_mask=None, teacher_values=None,
-                        student_values=None, importance_weights=None, sample_weight=None):
+                        student_values=None, importance_weights=None, sample_weight=None,
+                        divergence="cross_entropy"):
     """Entropy regularised (Table 1): the student acts; l = 0, r^_i = log pi_T(a_i|s_i).
 
         surrogate = mean_batch w * ( -stop_gradient(rho R) log pi_S(a|s) ),
@@ -367,12 +403,14 @@ def entropy_regularised(teacher_outputs, student_logits, actions=None, returns=N
     """
     return _rule_surrogate(
         "entropy_regularised", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 def n_distill(teacher_outputs, student_logits, actions=None, returns=None, temperature=1.0,
               action_mask=None, teacher_values=None, student_values=None,
-              importance_weights=None, sample_weight=None):
+              importance_weights=None, sample_weight=None,
+              divergence="cross_entropy"):
     """N-distill (Table 1, Theorem 2): the student acts; l = H_x(pi_T || pi_S),
     r^_i = -H_x(pi_T(s_{i+1}) || pi_S(s_{i+1})).
 
@@ -386,13 +424,14 @@ def n_distill(teacher_outputs, student_logits, actions=None, returns=None, tempe
     """
     return _rule_surrogate(
         "n_distill", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 def expected_entropy_regularised(teacher_outputs, student_logits, actions=None, returns=None,
                                  temperature=1.0, action_mask=None, teacher_values=None,
                                  student_values=None, importance_weights=None,
-                                 sample_weight=None):
+                                 sample_weight=None, divergence="cross_entropy"):
     """Expected entropy regularised (Table 1, Theorem 2; the paper's
     recommendation): the student acts; l = H_x(pi_S || pi_T),
     r^_i = log pi_T(a_{i+1}|s_{i+1}).
@@ -408,12 +447,14 @@ def expected_entropy_regularised(teacher_outputs, student_logits, actions=None, 
     """
     return _rule_surrogate(
         "expected_entropy_regularised", teacher_outputs, student_logits, actions, returns,
-        temperature, action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        temperature, action_mask, teacher_values, student_values, importance_weights,
+        sample_weight, divergence)
 
 
 def teacher_value_reward(teacher_outputs, student_logits, actions=None, returns=None,
                          temperature=1.0, action_mask=None, teacher_values=None,
-                         student_values=None, importance_weights=None, sample_weight=None):
+                         student_values=None, importance_weights=None, sample_weight=None,
+                         divergence="cross_entropy"):
     """Teacher V reward (Table 1, Sec. 4): the student acts; l = 0,
     r^_i = r_i + gamma V_T(s_{i+1}) - V_T(s_i).
 
@@ -427,12 +468,14 @@ def teacher_value_reward(teacher_outputs, student_logits, actions=None, returns=
     """
     return _rule_surrogate(
         "teacher_value_reward", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 def value_gated_distill(teacher_outputs, student_logits, actions=None, returns=None,
                         temperature=1.0, action_mask=None, teacher_values=None,
-                        student_values=None, importance_weights=None, sample_weight=None):
+                        student_values=None, importance_weights=None, sample_weight=None,
+                        divergence="cross_entropy"):
     """Distillation gated by the teacher's value (Sec. 4, Prop. 2), run with
     the environment's reward ('on-policy distill + R + V cond'): the student
     acts; l = H_x(pi_T || pi_S) [V_T(s) > V_S(s)], r^_i = r_i.
@@ -446,7 +489,8 @@ def value_gated_distill(teacher_outputs, student_logits, actions=None, returns=N
     """
     return _rule_surrogate(
         "value_gated_distill", teacher_outputs, student_logits, actions, returns, temperature,
-        action_mask, teacher_values, student_values, importance_weights, sample_weight)
+        action_mask, teacher_values, student_values, importance_weights, sample_weight,
+        divergence)
 
 
 RULES = {
@@ -465,10 +509,11 @@ assert tuple(RULES) == RULE_NAMES == tuple(SPECS)
 # -- per-step rewards -----------------------------------------------------------
 
 
-def step_reward(rule, *, teacher_outputs=None, actions=None, rewards=None,
-                next_teacher_outputs=None, next_student_logits=None, next_actions=None,
-                teacher_values=None, next_teacher_values=None, next_valid=None,
-                temperature=1.0, action_mask=None, gamma=1.0):
+def step_reward(rule, *, teacher_outputs=None, student_logits=None, actions=None,
+                rewards=None, next_teacher_outputs=None, next_student_logits=None,
+                next_actions=None, teacher_values=None, next_teacher_values=None,
+                next_valid=None, temperature=1.0, action_mask=None, gamma=1.0,
+                divergence="cross_entropy"):
     """The rule's reward r^_t for the transition (s_t, a_t, r_t, s_{t+1}, a_{t+1}),
     (B,), with no gradient, so that R_t = sum_{i >= t} gamma^(i-t) r^_i.
 
@@ -486,11 +531,19 @@ def step_reward(rule, *, teacher_outputs=None, actions=None, rewards=None,
         expectation over a_{t+1} ~ pi_S, -gamma H_x(pi_S(s_{t+1}) || pi_T(s_{t+1}))
       teacher_value_reward: r_t + gamma V_T(s_{t+1}) - V_T(s_t)
 
+    `divergence` "kl" (the alternative reading): N-distill's reward is
+    -gamma KL(pi_T || pi_S)(s_{t+1}); the entropy-regularised rewards gain the
+    student's term, log pi_T(a) - log pi_S(a) (entropy regularised: at a_t,
+    needing `student_logits`; expected: at a_{t+1}, or in expectation
+    -gamma KL(pi_S || pi_T)(s_{t+1})).
+
     The temperature and action mask of s_t serve s_{t+1} too (same game).
     """
     if rule not in SPECS:
         raise ValueError(f"rule must be one of {list(RULE_NAMES)}, found {rule!r}")
+    _check_divergence(divergence)
     gamma = float(gamma)
+    kl = divergence == "kl"
 
     def at_next(value, valid):
         if valid is None:
@@ -506,21 +559,30 @@ def step_reward(rule, *, teacher_outputs=None, actions=None, rewards=None,
     if rule == "entropy_regularised":
         _require(rule, teacher_outputs=teacher_outputs, actions=actions)
         out = _picked(teacher_log_probs(teacher_outputs, temperature, action_mask), actions)
+        if kl:
+            _require(rule, student_logits=student_logits)
+            out = out - _picked(student_log_probs(student_logits, action_mask), actions)
     elif rule == "n_distill":
         _require(rule, next_teacher_outputs=next_teacher_outputs,
                  next_student_logits=next_student_logits)
-        h = cross_entropy(teacher_log_probs(next_teacher_outputs, temperature, action_mask),
-                          student_log_probs(next_student_logits, action_mask), action_mask)
+        h = _divergence(teacher_log_probs(next_teacher_outputs, temperature, action_mask),
+                        student_log_probs(next_student_logits, action_mask), action_mask,
+                        divergence)
         out = -gamma * at_next(h, next_valid)
     elif rule == "expected_entropy_regularised":
         _require(rule, next_teacher_outputs=next_teacher_outputs)
         log_t = teacher_log_probs(next_teacher_outputs, temperature, action_mask)
         if next_actions is not None:
-            out = gamma * at_next(_picked(log_t, next_actions), next_valid)
+            r = _picked(log_t, next_actions)
+            if kl:
+                _require(rule, next_student_logits=next_student_logits)
+                r = r - _picked(student_log_probs(next_student_logits, action_mask),
+                                next_actions)
+            out = gamma * at_next(r, next_valid)
         else:
             _require(rule, next_student_logits=next_student_logits)
-            h = cross_entropy(student_log_probs(next_student_logits, action_mask), log_t,
-                              action_mask)
+            h = _divergence(student_log_probs(next_student_logits, action_mask), log_t,
+                            action_mask, divergence)
             out = -gamma * at_next(h, next_valid)
     else:  # teacher_value_reward
         _require(rule, rewards=rewards, teacher_values=teacher_values,
@@ -635,6 +697,12 @@ class UpdateRule:
       max_importance_weight: truncation of rho_t (None: none).
       teacher_kinds: per game the teacher's kind ("q_values" or "logits");
         read (and required) by value_gated_distill only.
+      divergence: "cross_entropy" (the paper's H_x, as read) or "kl" (the
+        alternative reading: KL instead, see the module docstring; it
+        changes the updates of n_distill and the two entropy-regularised
+        rules only). With a near-deterministic teacher (Q-values at tau =
+        0.01) the two readings nearly agree; with a stochastic one they do
+        not (benchmarks/dpd_tabular.md).
     """
 
     rule: str = "teacher_distill"
@@ -644,6 +712,7 @@ class UpdateRule:
     importance_weighting: bool = True
     max_importance_weight: float | None = 1.0
     teacher_kinds: tuple[str, ...] = ()
+    divergence: str = "cross_entropy"
 
     # Read by the distiller for its held-out metrics only (KL to the teacher).
     policy_loss: ClassVar[str] = "kl"
@@ -669,6 +738,7 @@ class UpdateRule:
             raise ValueError(f"teacher_kinds must have one entry per game "
                              f"({len(self.temperatures)} temperatures), found "
                              f"{list(self.teacher_kinds)}")
+        _check_divergence(self.divergence)
         if self.rule == "value_gated_distill" and (
                 not self.teacher_kinds or any(k != "q_values" for k in self.teacher_kinds)):
             raise ValueError(
@@ -727,7 +797,7 @@ class UpdateRule:
 
     # -- the loss --------------------------------------------------------------
 
-    def one_step_returns(self, student, x, y, temperature, mask):
+    def one_step_returns(self, student, x, y, temperature, mask, logits):
         """R_t = r^_t of the rule (one-step truncation), (B,), no gradient;
         None for the rules without reward."""
         if self.rule not in _REINFORCE_RULES:
@@ -738,7 +808,7 @@ class UpdateRule:
             if self.reward_clip is not None:
                 rewards = ops.clip(rewards, -self.reward_clip, self.reward_clip)
         kw = dict(rewards=rewards, temperature=temperature, action_mask=mask,
-                  gamma=self.gamma, actions=y.get("actions"))
+                  gamma=self.gamma, actions=y.get("actions"), divergence=self.divergence)
         if self.rule in _NEXT_STATE_RULES:
             kw["next_valid"] = y["next_valid"]
         if self.needs_teacher_value:
@@ -758,6 +828,7 @@ class UpdateRule:
                 {"frames": y["next_frames"], "game_id": x["game_id"]})["logits"])
         if self.rule == "entropy_regularised":
             kw["teacher_outputs"] = y["teacher_outputs"]
+            kw["student_logits"] = ops.stop_gradient(logits)
         return step_reward(self.rule, **kw)
 
     def importance_weights(self, y, logits, mask):
@@ -799,10 +870,10 @@ class UpdateRule:
             student_values = self.student_values(y, logits, mask)
         out = {}
         loss = per_state_loss(self.rule, y.get("teacher_outputs"), logits, tau, mask,
-                              teacher_values, student_values)
+                              teacher_values, student_values, self.divergence)
         if loss is not None:
             out["policy"] = ops.mean(loss)
-        returns = self.one_step_returns(student, x, y, tau, mask)
+        returns = self.one_step_returns(student, x, y, tau, mask, logits)
         if returns is not None:
             out["reinforce"] = _surrogate(None, student_log_probs(logits, mask), y["actions"],
                                           returns, self.importance_weights(y, logits, mask),

@@ -138,25 +138,32 @@ def test_weights_temperature_and_masking_against_numpy():
     g_pg = -(rho * ret)[:, None] * (onehot - p_s)
     pg = -(rho * ret) * log_s[np.arange(b), actions]
     gate = (v_t > v_s).astype(float)
-    expected = {
-        "teacher_distill": (h_ts, g_ts),
-        "on_policy_distill": (h_ts, g_ts),
-        "on_policy_distill_reward": (h_ts + pg, g_ts + g_pg),
-        "entropy_regularised": (pg, g_pg),
-        "n_distill": (h_ts + pg, g_ts + g_pg),
-        "expected_entropy_regularised": (h_st + pg, g_st + g_pg),
-        "teacher_value_reward": (pg, g_pg),
-        "value_gated_distill": (gate * h_ts + pg, gate[:, None] * g_ts + g_pg),
-    }
-    assert set(expected) == set(ur.RULES)
-    for rule, fn in ur.RULES.items():
-        kw = dict(actions=actions, returns=ret, temperature=tau, action_mask=mask,
-                  teacher_values=v_t, student_values=v_s, importance_weights=rho,
-                  sample_weight=w)
-        value, grad = expected[rule]
-        assert _value(fn(q, z, **kw)) == pytest.approx(np.mean(w * value), rel=1e-4), rule
-        got = _grad(lambda x, fn=fn, kw=kw: fn(q, x, **kw), z)
-        np.testing.assert_allclose(got, w[:, None] * grad / b, atol=1e-5, err_msg=rule)
+    h_t, h_s = -(p_t * log_t).sum(1), -(p_s * log_s).sum(1)
+    g_neg_h_s = p_s * (log_s + h_s[:, None]) * ok  # gradient of -H(pi_S)
+    for divergence in ("cross_entropy", "kl"):
+        kl = divergence == "kl"
+        d_ts = h_ts - h_t if kl else h_ts  # the teacher's entropy: no gradient
+        d_st, g_d_st = (h_st - h_s, g_st + g_neg_h_s) if kl else (h_st, g_st)
+        expected = {
+            "teacher_distill": (d_ts, g_ts),
+            "on_policy_distill": (d_ts, g_ts),
+            "on_policy_distill_reward": (d_ts + pg, g_ts + g_pg),
+            "entropy_regularised": (pg, g_pg),
+            "n_distill": (d_ts + pg, g_ts + g_pg),
+            "expected_entropy_regularised": (d_st + pg, g_d_st + g_pg),
+            "teacher_value_reward": (pg, g_pg),
+            "value_gated_distill": (gate * d_ts + pg, gate[:, None] * g_ts + g_pg),
+        }
+        assert set(expected) == set(ur.RULES)
+        for rule, fn in ur.RULES.items():
+            kw = dict(actions=actions, returns=ret, temperature=tau, action_mask=mask,
+                      teacher_values=v_t, student_values=v_s, importance_weights=rho,
+                      sample_weight=w, divergence=divergence)
+            value, grad = expected[rule]
+            assert _value(fn(q, z, **kw)) == pytest.approx(np.mean(w * value), rel=1e-4), rule
+            got = _grad(lambda x, fn=fn, kw=kw: fn(q, x, **kw), z)
+            np.testing.assert_allclose(got, w[:, None] * grad / b, atol=1e-5,
+                                       err_msg=f"{rule} {divergence}")
 
 
 def test_step_rewards_by_hand():
@@ -184,6 +191,18 @@ def test_step_rewards_by_hand():
     np.testing.assert_allclose(r("expected_entropy_regularised", next_actions=np.array([0, 0])),
                                [0.9 * math.log(0.25), 0.0], atol=1e-6)
     np.testing.assert_allclose(r("teacher_value_reward"), [1 + 0.9 * 3 - 2, 1 - 2], atol=1e-6)
+    # The KL reading: KL(pi_T || pi_S) = ln 2 - H(pi_T) = 0.130812, KL(pi_S || pi_T) =
+    # 0.836988 - ln 2 = 0.143841; log pi_T(a) - log pi_S(a): ln(3/2) at a = 1, ln(1/2) at 0.
+    np.testing.assert_allclose(r("n_distill", divergence="kl"), [-0.9 * 0.130812, 0.0],
+                               atol=1e-6)
+    np.testing.assert_allclose(r("expected_entropy_regularised", divergence="kl"),
+                               [-0.9 * 0.143841, 0.0], atol=1e-6)
+    np.testing.assert_allclose(r("expected_entropy_regularised", divergence="kl",
+                                 next_actions=np.array([0, 0])), [0.9 * -LN2, 0.0], atol=1e-6)
+    np.testing.assert_allclose(r("entropy_regularised", divergence="kl", student_logits=z),
+                               [math.log(1.5)] * 2, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^divergence must be one of \['cross_entropy', 'kl'\]"):
+        r("n_distill", divergence="js")
     with pytest.raises(ValueError, match=r"^rule must be one of \["):
         ur.step_reward("distill", **kw)
     # The next state's terms are rewards: no gradient reaches the student there.
@@ -231,16 +250,18 @@ def _teacher(m):
     return _log_softmax(m["q_t"] / m["tau"])
 
 
-def _objective(rule, m, theta):
-    """The objective the paper names for `rule` (module docstring), exactly."""
+def _objective(rule, m, theta, divergence="cross_entropy"):
+    """The objective the paper names for `rule` (module docstring), exactly;
+    with `divergence` "kl", KL in place of each cross-entropy."""
     log_t, log_s = _teacher(m), _log_softmax(theta)
-    pi_s = np.exp(log_s)
+    pi_s, pi_t = np.exp(log_s), np.exp(log_t)
+    kl = divergence == "kl"
     if rule == "teacher_distill":
-        return _visits(m, np.exp(log_t)) @ -(np.exp(log_t) * log_s).sum(1)
+        return _visits(m, pi_t) @ -(pi_t * (log_s - kl * log_t)).sum(1)
     if rule == "n_distill":
-        return _visits(m, pi_s) @ -(np.exp(log_t) * log_s).sum(1)
+        return _visits(m, pi_s) @ -(pi_t * (log_s - kl * log_t)).sum(1)
     if rule in ("entropy_regularised", "expected_entropy_regularised"):
-        return _visits(m, pi_s) @ -(pi_s * log_t).sum(1)
+        return _visits(m, pi_s) @ -(pi_s * (log_t - kl * log_s)).sum(1)
     if rule == "teacher_value_reward":
         return -(_visits(m, pi_s) @ (pi_s * m["r"]).sum(1))
     raise AssertionError(rule)
@@ -255,7 +276,7 @@ def _fd_grad(f, theta, eps=1e-6):
     return g
 
 
-def _expected_rhat(rule, m, theta, v_t):
+def _expected_rhat(rule, m, theta, v_t, divergence):
     """E[r^_t | s_t = s, a_t = a], (S, A), from `ur.step_reward` on every
     transition (s, a) -> s' or -> end, weighted by its probability; for the
     sampled form of expected entropy regularised, every next action too."""
@@ -267,7 +288,7 @@ def _expected_rhat(rule, m, theta, v_t):
     kw = dict(teacher_outputs=m["q_t"][s_], actions=a_, rewards=m["r"][s_, a_],
               next_teacher_outputs=m["q_t"][nxt], next_student_logits=theta[nxt],
               teacher_values=v_t[s_], next_teacher_values=v_t[nxt], next_valid=valid,
-              temperature=m["tau"], gamma=1.0)
+              temperature=m["tau"], gamma=1.0, student_logits=theta[s_], divergence=divergence)
     if rule == "expected_entropy_regularised_sampled":
         pi_next = _policy(theta)[nxt]
         rhat = sum(pi_next[:, b] * _value(ur.step_reward(
@@ -278,7 +299,7 @@ def _expected_rhat(rule, m, theta, v_t):
     return (prob * rhat).reshape(S, A, S + 1).sum(-1)
 
 
-def _expected_update(rule, m, theta, sampled_next_action=False):
+def _expected_update(rule, m, theta, sampled_next_action=False, divergence="cross_entropy"):
     """The rule's exact expected update (1), through its keras surrogate: one
     row per (s, a), weighted by the control policy's visits d(s) q(a|s), with
     R = the exact expected return of the rule's rewards."""
@@ -292,10 +313,12 @@ def _expected_update(rule, m, theta, sampled_next_action=False):
     returns = None
     if rule in ur._REINFORCE_RULES:
         name = rule + ("_sampled" if sampled_next_action else "")
-        returns = _q_values(m, pi_s, _expected_rhat(name, m, theta, v_t)).reshape(-1)
+        rhat = _expected_rhat(name, m, theta, v_t, divergence)
+        returns = _q_values(m, pi_s, rhat).reshape(-1)
     fn = ur.RULES[rule]
     grad = _grad(lambda z: fn(m["q_t"][rows_s], z, actions=rows_a, returns=returns,
-                              temperature=m["tau"], sample_weight=weight),
+                              temperature=m["tau"], sample_weight=weight,
+                              divergence=divergence),
                  theta[rows_s])
     return grad.reshape(S, A, A).sum(1)  # rows of one state share its logits
 
@@ -308,21 +331,37 @@ def test_the_paper_says_which_rules_are_gradient_fields():
                                "expected_entropy_regularised", "teacher_value_reward"]
 
 
-@pytest.mark.parametrize("rule", GRADIENT_FIELDS)
-def test_expected_update_is_the_gradient_of_the_stated_objective(rule):
+@pytest.mark.parametrize("rule, divergence", [(r, "cross_entropy") for r in GRADIENT_FIELDS] + [
+    (r, "kl") for r in ("n_distill", "entropy_regularised", "expected_entropy_regularised")])
+def test_expected_update_is_the_gradient_of_the_stated_objective(rule, divergence):
     """Exact expected update (visits by linear solve, returns exactly) ==
-    finite-difference gradient of the objective, at two random students."""
+    finite-difference gradient of the objective, at two random students;
+    under the KL reading too (its objectives: KL in place of H_x)."""
     m = _mdp(seed=3)
     for theta in (m["theta"], np.random.default_rng(7).normal(size=(S, A)) * 2.0):
-        fd = _fd_grad(lambda th: _objective(rule, m, th), theta)
-        got = _expected_update(rule, m, theta)
+        fd = _fd_grad(lambda th: _objective(rule, m, th, divergence), theta)
+        got = _expected_update(rule, m, theta, divergence=divergence)
         scale = np.abs(fd).max()
         assert scale > 1e-2
         np.testing.assert_allclose(got, fd, atol=2e-4 * scale, err_msg=rule)
         if rule == "expected_entropy_regularised":
             # The paper's sampled reward log pi_T(a_{t+1}|s_{t+1}) has the same expectation.
-            np.testing.assert_allclose(_expected_update(rule, m, theta, True), fd,
-                                       atol=2e-4 * scale)
+            np.testing.assert_allclose(
+                _expected_update(rule, m, theta, True, divergence=divergence), fd,
+                atol=2e-4 * scale)
+
+
+def test_the_two_readings_differ_where_the_paper_is_uncertain():
+    """N-distill's and expected entropy regularised's updates change with the
+    reading (the student's entropy, and the teacher's as a reward, enter);
+    teacher distill's does not (the teacher's entropy is a constant)."""
+    m = _mdp(seed=3)
+    theta = m["theta"]
+    for rule, same in (("teacher_distill", True), ("n_distill", False),
+                       ("expected_entropy_regularised", False)):
+        a = _expected_update(rule, m, theta)
+        b = _expected_update(rule, m, theta, divergence="kl")
+        assert np.allclose(a, b, atol=1e-5) == same, rule
 
 
 def _jacobian(f, theta, eps=1e-5):
@@ -435,7 +474,8 @@ def test_update_rule_fields_and_settings():
     assert o.policy_loss == "kl"
     assert o.to_dict() == {"name": "update_rule", "rule": "n_distill", "temperatures": [0.01, 1.0],
                            "gamma": 0.99, "reward_clip": 1.0, "importance_weighting": True,
-                           "max_importance_weight": 1.0, "teacher_kinds": []}
+                           "max_importance_weight": 1.0, "teacher_kinds": [],
+                           "divergence": "cross_entropy"}
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -447,6 +487,7 @@ def test_update_rule_fields_and_settings():
     (dict(teacher_kinds=("dqn",)), r"^teacher_kinds must each be one of"),
     (dict(temperatures=(1.0,), teacher_kinds=("q_values", "logits")),
      r"^teacher_kinds must have one entry per game"),
+    (dict(divergence="js"), r"^divergence must be one of \['cross_entropy', 'kl'\], found 'js'$"),
     (dict(rule="value_gated_distill", teacher_kinds=("q_values", "logits")),
      r"^teacher_kinds must be 'q_values' for every game with rule 'value_gated_distill'"),
 ])
@@ -455,7 +496,8 @@ def test_update_rule_validation(kwargs, message):
         ur.UpdateRule(**kwargs)
 
 
-def _numpy_loss(rule, logits, next_logits, x, y, temps, gamma=0.99, clip=1.0, cap=1.0):
+def _numpy_loss(rule, logits, next_logits, x, y, temps, divergence, gamma=0.99, clip=1.0,
+                cap=1.0):
     """The UpdateRule loss of a batch, from the paper's definitions in numpy."""
     out = 0.0
     for i, g in enumerate(x["game_id"]):
@@ -467,17 +509,22 @@ def _numpy_loss(rule, logits, next_logits, x, y, temps, gamma=0.99, clip=1.0, ca
         log_sn = _log_softmax(next_logits[i, :n])
         a, valid = int(y["actions"][i]), y["next_valid"][i] > 0
         r = float(np.clip(y["rewards"][i], -clip, clip))
-        h_ts = -(np.exp(log_t) * log_s).sum()
+        kl = divergence == "kl"
+
+        def div(log_p, log_q, kl=kl):  # H_x(p || q), or KL(p || q)
+            return -(np.exp(log_p) * (log_q - kl * log_p)).sum()
+
+        h_ts = div(log_t, log_s)
         ell = {"teacher_distill": h_ts, "on_policy_distill": h_ts,
                "on_policy_distill_reward": h_ts, "n_distill": h_ts,
-               "expected_entropy_regularised": -(np.exp(log_s) * log_t).sum(),
+               "expected_entropy_regularised": div(log_s, log_t),
                "value_gated_distill": h_ts * float(
                    y["teacher_values"][i] > (np.exp(log_s) * y["teacher_outputs"][i, :n]).sum())
                }.get(rule, 0.0)
         ret = {"on_policy_distill_reward": r, "value_gated_distill": r,
-               "entropy_regularised": log_t[a],
-               "n_distill": -gamma * valid * -(np.exp(log_tn) * log_sn).sum(),
-               "expected_entropy_regularised": -gamma * valid * -(np.exp(log_sn) * log_tn).sum(),
+               "entropy_regularised": log_t[a] - kl * log_s[a],
+               "n_distill": -gamma * valid * div(log_tn, log_sn),
+               "expected_entropy_regularised": -gamma * valid * div(log_sn, log_tn),
                "teacher_value_reward": r + gamma * (y["next_teacher_values"][i] if valid else 0.0)
                - y["teacher_values"][i]}.get(rule)
         if ret is not None:
@@ -487,12 +534,14 @@ def _numpy_loss(rule, logits, next_logits, x, y, temps, gamma=0.99, clip=1.0, ca
     return out / len(x["game_id"])
 
 
-@pytest.mark.parametrize("rule", ur.RULE_NAMES)
-def test_update_rule_loss_on_a_tiny_student(rule):
-    """Finite, equal to the rule's surrogate with one-step returns (worked out
-    in numpy from the definitions), and its gradient reaches the weights."""
+@pytest.mark.parametrize("rule, divergence", [(r, "cross_entropy") for r in ur.RULE_NAMES] + [
+    (r, "kl") for r in ("entropy_regularised", "n_distill", "expected_entropy_regularised")])
+def test_update_rule_loss_on_a_tiny_student(rule, divergence):
+    """Finite and equal to the rule's surrogate with one-step returns, worked
+    out in numpy from the definitions (clipped rewards, truncated importance
+    weights, terms at ended episodes dropped)."""
     temps = (0.5, 2.0)
-    objective = ur.UpdateRule(rule=rule, temperatures=temps,
+    objective = ur.UpdateRule(rule=rule, temperatures=temps, divergence=divergence,
                               teacher_kinds=("q_values", "q_values"))
     s = _student(objective)
     x, y = _batch()
@@ -502,7 +551,7 @@ def test_update_rule_loss_on_a_tiny_student(rule):
     logits = np.asarray(pred["logits"], np.float64)
     next_logits = np.asarray(s({"frames": full["next_frames"], "game_id": x["game_id"]})["logits"],
                              np.float64)
-    want = _numpy_loss(rule, logits, next_logits, x, full, temps)
+    want = _numpy_loss(rule, logits, next_logits, x, full, temps, divergence)
     total = float(_value(objective.loss(s, x, y, pred)))
     assert np.isfinite(total)
     assert total == pytest.approx(want, rel=1e-4, abs=1e-5)
