@@ -31,13 +31,16 @@ from pathlib import Path
 from absl import app, flags
 
 flags.DEFINE_integer("rounds", 20, "Collection rounds per variant.")
-flags.DEFINE_integer("base_steps", 3000, "Agent steps of each game's teacher-driven dataset.")
-flags.DEFINE_integer("agent_steps_per_round", 1500, "Agent steps collected per game and round.")
+flags.DEFINE_integer("base_steps", 1800, "Agent steps of each game's teacher-driven dataset.")
+flags.DEFINE_integer("agent_steps_per_round", 600, "Agent steps collected per game and round.")
 flags.DEFINE_integer("grad_steps_per_round", 25, "Gradient steps per round.")
-flags.DEFINE_integer("cap", 9000,
+flags.DEFINE_integer("episode_frames", 2400,
+                     "Episode cap in emulator frames (600 agent steps: rounds of whole "
+                     "episodes stay near --agent_steps_per_round).")
+flags.DEFINE_integer("cap", 3600,
                      "--max_agent_steps_per_game of the capped variant, in agent steps.")
 flags.DEFINE_integer("reference_round", 5, "Round whose RSS and disk the ratios divide by.")
-flags.DEFINE_bool("quick", False, "3 rounds of 300 steps, cap 3,000: a smoke test (~3 minutes).")
+flags.DEFINE_bool("quick", False, "3 rounds of 300 steps, cap 900: a smoke test (~2 minutes).")
 flags.DEFINE_string("output", "benchmarks/rounds_memory.md",
                     "The Markdown report (the plot goes beside it, .png).")
 FLAGS = flags.FLAGS
@@ -68,7 +71,7 @@ def run_variant(work: str, sizes: dict, cap: int) -> list[dict]:
     )
 
     work = Path(work)
-    spec = environments.Preprocessing()
+    spec = environments.Preprocessing(max_episode_frames=sizes["episode_frames"])
     tdir, ddir = work / "teachers", work / "datasets"
     if not tdir.exists():
         import keras
@@ -79,9 +82,9 @@ def run_variant(work: str, sizes: dict, cap: int) -> list[dict]:
                                                    spec.observation_shape)
             teachers.save_teacher(model, g, "q_values", spec, tdir)
     loaded = {g: teachers.load_teacher(g, tdir, spec) for g in GAMES}
-    # Two environments: rounds end with whole episodes, so a round holds about
+    # One environment: rounds end with whole episodes, so a round holds about
     # its steps plus what the environments under way still play.
-    rec = collect.CollectConfig(num_agent_steps=sizes["base_steps"], num_envs=2, seed=1)
+    rec = collect.CollectConfig(num_agent_steps=sizes["base_steps"], num_envs=1, seed=1)
     paths = []
     for g in GAMES:
         path = ddir / f"{g}.h5"
@@ -122,12 +125,13 @@ def main(argv):
     del argv
     sizes = {"rounds": FLAGS.rounds, "base_steps": FLAGS.base_steps,
              "agent_steps_per_round": FLAGS.agent_steps_per_round,
-             "grad_steps_per_round": FLAGS.grad_steps_per_round}
+             "grad_steps_per_round": FLAGS.grad_steps_per_round,
+             "episode_frames": FLAGS.episode_frames}
     cap, ref = FLAGS.cap, FLAGS.reference_round
     if FLAGS.quick:
         sizes.update(rounds=3, base_steps=600, agent_steps_per_round=300,
-                     grad_steps_per_round=5)
-        cap, ref = 3000, 1
+                     grad_steps_per_round=5, episode_frames=1200)
+        cap, ref = 900, 1
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="rounds_memory_") as work:
         results = {"capped": _in_fresh_process(work, sizes, cap),
@@ -158,7 +162,8 @@ def report(results, sizes, cap, ref, seconds) -> str:
         f"{os.cpu_count()} cores). Pong and Freeway, student control, "
         f"{sizes['rounds']} rounds of {sizes['agent_steps_per_round']:,} agent steps per game "
         f"and {sizes['grad_steps_per_round']} gradient steps, on "
-        f"{sizes['base_steps']:,} teacher-driven steps per game; capped variant: "
+        f"{sizes['base_steps']:,} teacher-driven steps per game, episodes capped at "
+        f"{sizes['episode_frames']:,} frames; capped variant: "
         f"`max_agent_steps_per_game={cap:,}`. Each variant in a fresh process.",
         "",
         "| variant | RSS at last round / round " f"{ref} | disk at last round / round {ref} | "
