@@ -94,6 +94,11 @@ def main(argv):
                 for g in game_names}
     kinds = [teachers[g].kind for g in game_names]
     config = cli.distill_config_from_flags(game_names, kinds)
+    if getattr(config.objective, "needs_teacher_value", False):
+        none = [g for g in game_names if teachers[g].value_source == "none"]
+        cli.require(not none, f"--update_rule={FLAGS.update_rule} needs each teacher's state "
+                              f"value; the teachers of {none} have none (a policy teacher "
+                              "exported without its critic): pick another rule or teacher")
     rounds_config = cli.rounds_config_from_flags(_rounds())
     try:  # Before any long work: the cap must hold the teacher's data and a round.
         rounds_config.check_cap(FLAGS.num_agent_steps)

@@ -204,6 +204,13 @@ def behaviours_from_flags(teachers: dict, config) -> dict:
 # -- distillation (train.py) ----------------------------------------------------
 
 
+# The update rules' names (`update_rules.RULE_NAMES`), here so that defining the
+# flags imports no deep-learning framework.
+_RULE_NAMES = ("teacher_distill", "on_policy_distill", "on_policy_distill_reward",
+               "entropy_regularised", "n_distill", "expected_entropy_regularised",
+               "teacher_value_reward", "value_gated_distill")
+
+
 def define_distill_flags():
     """The student, its objective and its training."""
     from multidistill import distiller, losses, networks, objectives, pipeline
@@ -222,6 +229,15 @@ def define_distill_flags():
                         "1 for logit teachers.")
     flags.DEFINE_float("feature_beta", o.feature_beta,
                        "Weight of Actor-Mimic feature regression (0.01 in the paper; 0 = off).")
+    flags.DEFINE_enum("update_rule", "none", ["none", *_RULE_NAMES],
+                      "Train by one of the update rules of Czarnecki et al. (2019, "
+                      "multidistill/update_rules.py) instead of --loss, returns truncated to "
+                      "one step: teacher_distill, on_policy_distill, on_policy_distill_reward, "
+                      "entropy_regularised, n_distill, expected_entropy_regularised, "
+                      "teacher_value_reward, value_gated_distill. All but teacher_distill "
+                      "assume the student acts (--control=student).")
+    flags.DEFINE_float("rule_gamma", 0.99,
+                       "With --update_rule: discount in [0, 1] of the one-step returns.")
     flags.DEFINE_enum("student_size", d.student_size, list(networks.STUDENT_SIZES),
                       "Student trunk: dqn (32/64/64 conv, 512 hidden) or Rusu's compressed "
                       "net1/net2/net3.")
@@ -251,12 +267,31 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
         require(t > 0, f"--temperatures: tau must be > 0, found {t} for {g}")
     weights = parse_per_game(FLAGS.game_weights, games, "--game_weights")
     precision = networks.default_precision() if FLAGS.precision == "auto" else FLAGS.precision
+    temperatures = tuple(temps.get(g, objectives.default_temperature(k))
+                         for g, k in zip(games, teacher_kinds))
+    logit_teachers = [g for g, k in zip(games, teacher_kinds) if k != "q_values"]
+    require(FLAGS.update_rule != "value_gated_distill" or not logit_teachers,
+            "--update_rule=value_gated_distill estimates the student's value from its "
+            "teacher's Q-values: every teacher must be of kind q_values, the teachers of "
+            f"{logit_teachers} give logits")
+    require(FLAGS.update_rule == "none" or FLAGS.feature_beta == 0,
+            f"--feature_beta applies to --loss, not to --update_rule={FLAGS.update_rule}: "
+            f"leave it at 0 (found {FLAGS.feature_beta})")
+
+    def objective():
+        if FLAGS.update_rule == "none":
+            return objectives.Distillation(policy_loss=FLAGS.loss,
+                                           feature_beta=FLAGS.feature_beta,
+                                           temperatures=temperatures)
+        from multidistill import update_rules
+
+        return update_rules.UpdateRule(rule=FLAGS.update_rule, temperatures=temperatures,
+                                       gamma=FLAGS.rule_gamma,
+                                       teacher_kinds=tuple(teacher_kinds))
+
     return _config_from_flags(lambda: distiller.DistillConfig(
         games=tuple(games),
-        objective=objectives.Distillation(
-            policy_loss=FLAGS.loss, feature_beta=FLAGS.feature_beta,
-            temperatures=tuple(temps.get(g, objectives.default_temperature(k))
-                               for g, k in zip(games, teacher_kinds))),
+        objective=objective(),
         student_size=FLAGS.student_size, learning_rate=FLAGS.learning_rate,
         num_grad_steps=FLAGS.num_grad_steps,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
@@ -264,8 +299,10 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
         pipeline=pipeline.PipelineConfig(
             batch_size_per_game=FLAGS.batch_size_per_game, seed=FLAGS.seed,
             game_weights=(tuple(weights.get(g, 1.0) for g in games) if weights else None))),
-        ("batch_size_per_game", "num_grad_steps", "learning_rate", "feature_beta",
-         "checkpoint_every_steps", "eval_every_steps", "game_weights"))
+        {**{n: n for n in ("batch_size_per_game", "num_grad_steps", "learning_rate",
+                           "feature_beta", "checkpoint_every_steps", "eval_every_steps",
+                           "game_weights")},
+         "rule": "update_rule", "teacher_kinds": "update_rule", "gamma": "rule_gamma"})
 
 
 # -- collection rounds (train.py) -------------------------------------------------

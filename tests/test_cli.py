@@ -134,6 +134,16 @@ def test_build_datasets_entry_point(tmp_path, teachers_dir):
      "another preprocessing than asked for: max_episode_frames: 1200"),
     (["--games=pong", "--beta=1.5"], "--beta must be in [0, 1], found 1.5"),
     (["--games=pong", "--eval_episodes=0"], "--eval_episodes must be >= 1, found 0"),
+    (["--games=pong", "--control=student", "--num_grad_steps=0"],
+     "--control=student needs a trained student to act in round 1: --num_grad_steps"),
+    (["--games=pong", "--control=student", "--num_agent_steps=1000",
+      "--agent_steps_per_round=500", "--max_agent_steps_per_game=1200"],
+     "--max_agent_steps_per_game must hold the 1,000 teacher-driven steps plus one round's "
+     "500 steps (>= 1,500), found 1,200"),
+    (["--games=freeway", "--update_rule=teacher_value_reward"],
+     "--update_rule=teacher_value_reward needs each teacher's state value; the teachers of "
+     "['freeway'] have none"),
+    (["--games=pong", "--rounds=-2"], "--rounds must be >= 0, found -2"),
 ])
 @pytest.mark.slow
 def test_bad_flags(tmp_path, teachers_dir, flags, message):
@@ -143,6 +153,25 @@ def test_bad_flags(tmp_path, teachers_dir, flags, message):
     assert rc == 2, out
     assert message in out, out
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_student_driven_rounds_end_to_end(tmp_path, teachers_dir):
+    """--control=student: round 0 on the teacher's data, one round collected by
+    the student (its session says so), the report carries the rounds."""
+    run = tmp_path / "run"
+    rc, out = run_cli(["train.py", "--games=pong,freeway", f"--teachers_dir={teachers_dir}",
+                       f"--datasets_dir={tmp_path / 'data'}", f"--run_dir={run}",
+                       "--control=student", "--rounds=1", "--agent_steps_per_round=100",
+                       "--grad_steps_per_round=4", "--novideos"] + TINY)
+    assert rc == 0, out
+    report = json.loads((run / "report.json").read_text())
+    assert report["training"]["grad_steps"] == 12 + 4
+    assert report["rounds"]["sampler"] == {"rounds": [1], "teacher_data": True}
+    for game in ("pong", "freeway"):
+        with datasets.Dataset(run / "rounds" / game / "round_001.h5") as ds:
+            assert [s.behaviour for s in ds.sessions] == ["student"]
+    assert "[round 1/1] collecting 100 steps per game, student acting" in out
 
 
 @pytest.mark.slow
@@ -194,6 +223,8 @@ def parse():
         cli.define_collect_flags()
         cli.define_distill_flags()
         cli.define_eval_flags()
+    if "control" not in cli.FLAGS:
+        cli.define_rounds_flags()
 
     def parse(*argv):
         cli.FLAGS.unparse_flags()
@@ -254,8 +285,45 @@ def test_flags_map_to_configs(parse):
     assert [e.episodes(g) for g in ("qbert", "pong", "freeway")] == [200, 48, 16]
 
 
+def test_rounds_and_update_rule_flags_map_to_configs(parse):
+    from multidistill import rounds, update_rules
+
+    assert cli_names_match(update_rules)
+    cli = parse()
+    assert cli.rounds_config_from_flags(0) == rounds.RoundsConfig()
+    cli = parse("--control=mixture", "--agent_steps_per_round=10", "--grad_steps_per_round=3",
+                "--student_epsilon=0.2", "--beta=0.8", "--beta_decay=0.25",
+                "--max_agent_steps_per_game=99", "--nokeep_teacher_data")
+    assert cli.rounds_config_from_flags(5) == rounds.RoundsConfig(
+        control="mixture", rounds=5, agent_steps_per_round=10, grad_steps_per_round=3,
+        epsilon=0.2, beta=0.8, beta_decay=0.25, max_agent_steps_per_game=99,
+        keep_teacher_data=False)
+    cli = parse("--update_rule=n_distill", "--rule_gamma=0.9")
+    d = cli.distill_config_from_flags(["pong", "freeway"], ["q_values", "logits"])
+    assert d.objective == update_rules.UpdateRule(
+        rule="n_distill", temperatures=(0.01, 1.0), gamma=0.9,
+        teacher_kinds=("q_values", "logits"))
+
+
+def cli_names_match(update_rules):
+    from multidistill import cli
+
+    return cli._RULE_NAMES == update_rules.RULE_NAMES
+
+
 @pytest.mark.parametrize("argv, build, message", [
     (["--beta=1.5"], "collect", r"--beta must be in [0, 1], found 1.5"),
+    (["--rounds=-1"], "rounds", "--rounds must be >= 0, found -1"),
+    (["--beta_decay=2"], "rounds", r"--beta_decay must be in [0, 1], found 2.0"),
+    (["--student_epsilon=-1"], "rounds", r"--student_epsilon must be in [0, 1], found -1.0"),
+    (["--agent_steps_per_round=0"], "rounds", "--agent_steps_per_round must be >= 1, found 0"),
+    (["--max_agent_steps_per_game=-1"], "rounds", "--max_agent_steps_per_game must be >= 0"),
+    (["--update_rule=n_distill", "--feature_beta=0.01"], "distill",
+     "--feature_beta applies to --loss, not to --update_rule=n_distill"),
+    (["--update_rule=value_gated_distill"], "distill_logits",
+     "every teacher must be of kind q_values, the teachers of ['pong'] give logits"),
+    (["--update_rule=n_distill", "--rule_gamma=1.5"], "distill",
+     r"--rule_gamma must be in [0, 1], found 1.5"),
     (["--epsilon=-0.5"], "collect", r"--epsilon must be in [0, 1], found -0.5"),
     (["--num_agent_steps=0"], "collect", "--num_agent_steps must be >= 1, found 0"),
     (["--num_envs=0"], "collect", "--num_envs must be >= 1, found 0"),
@@ -284,6 +352,9 @@ def test_bad_values_are_reported_by_their_flag(parse, argv, build, message):
         "collect": cli.collect_config_from_flags,
         "eval": cli.eval_protocol_from_flags,
         "distill": lambda: cli.distill_config_from_flags(["pong"], ["q_values"]),
+        "distill_logits": lambda: cli.distill_config_from_flags(["pong"], ["logits"]),
+        "rounds": lambda: cli.rounds_config_from_flags(
+            cli.FLAGS.rounds if cli.FLAGS.rounds is not None else 2),
         "preprocessing": cli.preprocessing_from_flags,
     }
     with pytest.raises(cli.UsageError) as e:
