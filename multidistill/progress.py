@@ -27,7 +27,16 @@ def bar(total: float, desc: str, unit: str, **kwargs):
     """A tqdm bar on stderr (see the module docstring); kwargs go to tqdm."""
     from tqdm import tqdm
 
-    if not on_terminal():
-        kwargs.setdefault("mininterval", LOG_INTERVAL_S)
-        kwargs.setdefault("maxinterval", max(LOG_INTERVAL_S, 10.0))
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)
+    if on_terminal():
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)
+
+    class LogBar(tqdm):
+        """A new postfix shows at the next redraw: tqdm's `set_postfix`
+        redraws at once by default, which would bypass the interval."""
+
+        def set_postfix(self, ordered_dict=None, refresh=False, **kw):
+            super().set_postfix(ordered_dict, refresh=refresh, **kw)
+
+    kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+    kwargs.setdefault("maxinterval", max(LOG_INTERVAL_S, 10.0))
+    return LogBar(total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)

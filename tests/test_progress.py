@@ -16,10 +16,12 @@ def test_a_log_gets_a_line_every_half_minute(monkeypatch):
     monkeypatch.setattr(sys, "stderr", log)
     bar = progress.bar(1000, "build pong", "step")
     assert bar.mininterval == progress.LOG_INTERVAL_S == 30.0
-    for _ in range(1000):
-        bar.update(1)  # Well within 30 s: no redraw between the first and the last.
+    for i in range(1000):
+        bar.update(1)  # Well within 30 s: no redraw between the first and the last,
+        bar.set_postfix(episodes=i)  # not even for a new postfix (tqdm redraws on it).
     bar.close()
     assert log.getvalue().count("build pong") <= 3
+    assert "episodes=999" in log.getvalue()  # The last postfix shows when it closes.
 
 
 def test_a_terminal_gets_a_live_bar(monkeypatch):
