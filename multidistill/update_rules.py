@@ -681,8 +681,8 @@ class UpdateRule:
     game's teacher must be of kind "q_values": `teacher_kinds`). With such
     a teacher V_T(s) = max_a Q_T(s, a), so the gate is closed only where
     the student already puts all its probability on the teacher's best
-    actions. An ASSUMPTION of this implementation: the paper's V_S is the
-    student's true value.
+    actions. This estimate is an ASSUMPTION of this implementation: the
+    paper's V_S is the student's true value, which single steps cannot give.
 
     Attributes:
       rule: one of `RULE_NAMES`.
