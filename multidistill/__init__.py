@@ -13,8 +13,10 @@ The pipeline, one flat module per role, in the order data flows:
     pipeline       batch sources: minibatches drawn across games
     objectives     what the student minimises and the batch fields it needs
     losses         the loss terms (KL, NLL, MSE, feature regression)
+    update_rules   the update rules of Czarnecki et al. (2019) as objectives
     networks       teacher and student Keras networks (forward pass only)
     distiller      training the multi-task student (checkpoints, resume)
+    rounds         student-driven distillation: collection rounds, aggregation
     students       loading, saving, trunk transfer, exporting a head
     evaluation     student and teachers under one protocol, reports
     agents/        teacher training: DQN, PPO, their loop and runner

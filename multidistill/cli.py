@@ -238,6 +238,10 @@ def define_distill_flags():
                       "assume the student acts (--control=student).")
     flags.DEFINE_float("rule_gamma", 0.99,
                        "With --update_rule: discount in [0, 1] of the one-step returns.")
+    flags.DEFINE_enum("rule_divergence", "kl", ["kl", "cross_entropy"],
+                      "With --update_rule: measure the rules' divergences as KL (default: "
+                      "its optimum is the teacher) or as the cross-entropies of the paper as "
+                      "read (which also reward short episodes; see benchmarks/dpd_tabular.md).")
     flags.DEFINE_enum("student_size", d.student_size, list(networks.STUDENT_SIZES),
                       "Student trunk: dqn (32/64/64 conv, 512 hidden) or Rusu's compressed "
                       "net1/net2/net3.")
@@ -287,7 +291,8 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
 
         return update_rules.UpdateRule(rule=FLAGS.update_rule, temperatures=temperatures,
                                        gamma=FLAGS.rule_gamma,
-                                       teacher_kinds=tuple(teacher_kinds))
+                                       teacher_kinds=tuple(teacher_kinds),
+                                       divergence=FLAGS.rule_divergence)
 
     return _config_from_flags(lambda: distiller.DistillConfig(
         games=tuple(games),

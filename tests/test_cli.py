@@ -303,6 +303,10 @@ def test_rounds_and_update_rule_flags_map_to_configs(parse):
     assert d.objective == update_rules.UpdateRule(
         rule="n_distill", temperatures=(0.01, 1.0), gamma=0.9,
         teacher_kinds=("q_values", "logits"))
+    assert cli.FLAGS["rule_divergence"].default == update_rules.UpdateRule().divergence
+    cli = parse("--update_rule=n_distill", "--rule_divergence=cross_entropy")
+    assert cli.distill_config_from_flags(["pong"], ["q_values"]).objective.divergence == \
+        "cross_entropy"
 
 
 def cli_names_match(update_rules):

@@ -459,8 +459,8 @@ def test_update_rule_fields_and_settings():
         "n_distill": base + pg + ("next_frames", "next_teacher_outputs", "next_valid"),
         "expected_entropy_regularised": base + pg + ("next_frames", "next_teacher_outputs",
                                                      "next_valid"),
-        "teacher_value_reward": ("teacher_values",) + pg + ("rewards", "next_teacher_values",
-                                                           "next_valid"),
+        "teacher_value_reward": ("teacher_outputs", "teacher_values") + pg + (
+            "rewards", "next_teacher_values", "next_valid"),
         "value_gated_distill": ("teacher_outputs", "teacher_values") + pg + ("rewards",),
     }
     assert ur.UpdateRule(rule="n_distill", importance_weighting=False).fields == (
@@ -475,7 +475,7 @@ def test_update_rule_fields_and_settings():
     assert o.to_dict() == {"name": "update_rule", "rule": "n_distill", "temperatures": [0.01, 1.0],
                            "gamma": 0.99, "reward_clip": 1.0, "importance_weighting": True,
                            "max_importance_weight": 1.0, "teacher_kinds": [],
-                           "divergence": "cross_entropy"}
+                           "divergence": "kl"}
 
 
 @pytest.mark.parametrize("kwargs, message", [
