@@ -158,14 +158,17 @@ def test_bad_flags(tmp_path, teachers_dir, flags, message):
 @pytest.mark.slow
 def test_student_driven_rounds_end_to_end(tmp_path, teachers_dir):
     """--control=student: round 0 on the teacher's data, one round collected by
-    the student (its session says so), the report carries the rounds."""
+    the student (its session says so), the report carries the rounds; trained
+    by an update rule that reads the next-step fields."""
     run = tmp_path / "run"
     rc, out = run_cli(["train.py", "--games=pong,freeway", f"--teachers_dir={teachers_dir}",
                        f"--datasets_dir={tmp_path / 'data'}", f"--run_dir={run}",
                        "--control=student", "--rounds=1", "--agent_steps_per_round=100",
-                       "--grad_steps_per_round=4", "--novideos"] + TINY)
+                       "--grad_steps_per_round=4", "--novideos",
+                       "--update_rule=expected_entropy_regularised"] + TINY)
     assert rc == 0, out
     report = json.loads((run / "report.json").read_text())
+    assert report["config"]["objective"]["rule"] == "expected_entropy_regularised"
     assert report["training"]["grad_steps"] == 12 + 4
     assert report["rounds"]["sampler"] == {"rounds": [1], "teacher_data": True}
     for game in ("pong", "freeway"):
