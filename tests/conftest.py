@@ -174,3 +174,13 @@ def use_fake_atari(monkeypatch, length):
 
     monkeypatch.setattr(environments, "make_vector_envs", make)
     return built
+
+
+def finite_difference_gradient(f, theta, eps=1e-6):
+    """Central finite differences of a scalar function of an array: df/dtheta."""
+    g = np.zeros_like(theta)
+    for idx in np.ndindex(theta.shape):
+        e = np.zeros_like(theta)
+        e[idx] = eps
+        g[idx] = (f(theta + e) - f(theta - e)) / (2 * eps)
+    return g

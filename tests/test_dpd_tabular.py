@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, finite_difference_gradient
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +102,6 @@ def test_mdps_follow_the_generator(dpd):
     assert dpd.make_mdps(s).kind.tolist() == m.kind.tolist()  # seeded
 
 
-def _fd(f, theta, eps=1e-6):
-    g = np.zeros_like(theta)
-    for idx in np.ndindex(theta.shape):
-        e = np.zeros_like(theta)
-        e[idx] = eps
-        g[idx] = (f(theta + e) - f(theta - e)) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("name", [
     "teacher_distill", "entropy_regularised", "n_distill", "expected_entropy_regularised",
     "teacher_value_reward", "n_distill, KL reading", "expected_entropy_regularised, KL reading"])
@@ -142,7 +133,7 @@ def test_exact_updates_are_the_gradients_the_paper_names(dpd, name):
     control = pi_t if config.control == "teacher" else dpd.softmax(theta)
     length = dpd.visits(P, control, start).sum(-1)
     got = dpd.expected_update(config, prob, theta)[0] * length[:, None, None]
-    want = _fd(objective, theta)
+    want = finite_difference_gradient(objective, theta)
     assert np.abs(want).max() > 1e-2
     np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max() + 1e-8)
 

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import finite_difference_gradient
 
 from multidistill import networks
 from multidistill import update_rules as ur
@@ -267,15 +268,6 @@ def _objective(rule, m, theta, divergence="cross_entropy"):
     raise AssertionError(rule)
 
 
-def _fd_grad(f, theta, eps=1e-6):
-    g = np.zeros_like(theta)
-    for idx in np.ndindex(theta.shape):
-        e = np.zeros_like(theta)
-        e[idx] = eps
-        g[idx] = (f(theta + e) - f(theta - e)) / (2 * eps)
-    return g
-
-
 def _expected_rhat(rule, m, theta, v_t, divergence):
     """E[r^_t | s_t = s, a_t = a], (S, A), from `ur.step_reward` on every
     transition (s, a) -> s' or -> end, weighted by its probability; for the
@@ -339,7 +331,7 @@ def test_expected_update_is_the_gradient_of_the_stated_objective(rule, divergenc
     under the KL reading too (its objectives: KL in place of H_x)."""
     m = _mdp(seed=3)
     for theta in (m["theta"], np.random.default_rng(7).normal(size=(S, A)) * 2.0):
-        fd = _fd_grad(lambda th: _objective(rule, m, th, divergence), theta)
+        fd = finite_difference_gradient(lambda th: _objective(rule, m, th, divergence), theta)
         got = _expected_update(rule, m, theta, divergence=divergence)
         scale = np.abs(fd).max()
         assert scale > 1e-2
@@ -401,11 +393,12 @@ def test_on_policy_distill_is_the_gradient_of_no_objective():
     asym = np.linalg.norm(jac - jac.T) / np.linalg.norm(jac)
     assert asym > 0.05, asym
 
-    candidate = _fd_grad(lambda th: _objective("n_distill", m, th), theta)
+    candidate = finite_difference_gradient(lambda th: _objective("n_distill", m, th), theta)
     assert np.linalg.norm(g_on(theta) - candidate) > 0.05 * np.linalg.norm(candidate)
 
     def g_n(theta):
-        return _fd_grad(lambda th: _objective("n_distill", m, th), theta, eps=1e-5)
+        return finite_difference_gradient(lambda th: _objective("n_distill", m, th), theta,
+                                          eps=1e-5)
 
     jac_n = _jacobian(g_n, theta, eps=1e-4)
     assert np.linalg.norm(jac_n - jac_n.T) / np.linalg.norm(jac_n) < 1e-3
