@@ -19,7 +19,10 @@ cd "$(dirname "$0")/.."
 RULE=${1:-expected_entropy_regularised}
 GAMES=pong,qbert,freeway
 BASE=runs/pong-qbert-freeway_kl_dqn_default_seed0
-HALF=(--games=$GAMES --num_agent_steps=50000 --datasets_dir=datasets/half
+# 12 environments: only whole episodes are kept and each environment plays at
+# least one, so 32 (the default) would record ~73,000 steps of 2,300-step Pong
+# episodes for a 50,000-step target.
+HALF=(--games=$GAMES --num_agent_steps=50000 --datasets_dir=datasets/half --num_envs=12
       --num_grad_steps=12500 --rounds=2 --agent_steps_per_round=25000
       --grad_steps_per_round=6250)
 [ -f "$BASE/report.json" ] || python train.py --games=$GAMES

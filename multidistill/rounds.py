@@ -4,8 +4,9 @@ Student-driven distillation (Parisotto et al. 2016, Actor-Mimic; Ross et
 al. 2011, DAgger; Czarnecki et al. 2019): round 0 trains on the
 teacher-driven datasets as the main job does; each later round r
 
-  1. collects `agent_steps_per_round` steps per game with the *control
-     policy* of the run (`CONTROLS`), the live teacher labelling every
+  1. collects `agent_steps_per_round` steps per game (whole episodes, in
+     as many environments as that needs at the game's mean episode length)
+     with the *control policy* of the run (`CONTROLS`), the live teacher labelling every
      visited state (outputs, features, value), into a file of its own,
      `<run>/rounds/<game>/round_<r>.h5`, one recording session that records
      who acted (`datasets.Session`: behaviour, beta, epsilon, checksums);
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -248,6 +250,7 @@ class RoundLoop:
         base_steps = [ds.num_agent_steps for ds in base.datasets]
         identity = {"datasets": base.identity()["datasets"], "rounds": c.identity()}
         state = self._load_state(identity)
+        state["base_counts"] = [[ds.num_agent_steps, ds.num_episodes] for ds in base.datasets]
         d = distiller.Distiller(
             self.run_dir, dataclasses.replace(dc, num_grad_steps=grad_target(
                 dc.num_grad_steps, c, 0)), base, self.spec,
@@ -325,6 +328,7 @@ class RoundLoop:
             config = dataclasses.replace(
                 self.collect_config, num_agent_steps=c.agent_steps_per_round,
                 behaviour=c.behaviour, beta=c.beta_at(r), epsilon=epsilon,
+                num_envs=self._num_envs(state, r, gi),
                 seed=_round_seed(self.collect_config.seed, r, gi))
             behaviour = collect.make_behaviour(
                 config, teacher,
@@ -334,7 +338,7 @@ class RoundLoop:
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # Renamed, but the state was not saved: complete.
                 with datasets.Dataset(final) as ds:
-                    out[game] = _counts(ds, 0.0)
+                    out[game] = dict(_counts(ds, 0.0), num_envs=config.num_envs)
                 continue
             partial.unlink(missing_ok=True)  # An unfinished collection: start it again.
             s = collect.build_dataset(teacher, partial, config, self.spec, behaviour=behaviour,
@@ -345,13 +349,30 @@ class RoundLoop:
             os.replace(partial, final)
             datasets.lock_file(partial).unlink(missing_ok=True)
             with datasets.Dataset(final) as ds:
-                out[game] = _counts(ds, s["seconds"])
+                out[game] = dict(_counts(ds, s["seconds"]), num_envs=config.num_envs)
             print(f"  {game}: {out[game]['num_agent_steps']:,} steps, "
                   f"{out[game]['num_episodes']} episodes, mean return "
                   f"{out[game]['mean_return']:.1f}")
         state["collected"][key] = out
         self._save_state(state)
         return out
+
+    def _num_envs(self, state: dict, r: int, game_index: int) -> int:
+        """Environments for round r's collection of a game: as many as the
+        round's steps need at the mean episode length of the game's latest
+        data (the previous round's, or the teacher-driven file's), at most
+        the recording's `num_envs`. Only whole episodes are kept and every
+        environment plays at least one, so 32 environments on 2,300-step
+        Pong episodes would turn a 25,000-step round into 70,000 steps."""
+        game = self.games[game_index]
+        if r > 1 and str(r - 1) in state["collected"]:
+            last = state["collected"][str(r - 1)][game]
+            steps, episodes = last["num_agent_steps"], last["num_episodes"]
+        else:
+            steps, episodes = state["base_counts"][game_index]
+        mean_length = steps / max(episodes, 1)
+        need = math.ceil(self.config.agent_steps_per_round / max(mean_length, 1.0))
+        return int(min(max(need, 1), self.collect_config.num_envs))
 
     def _aggregate(self, state: dict, r: int, base_steps: Sequence[int]) -> dict:
         """Which rounds are in the sampler in round r (decided once, recorded),
