@@ -275,8 +275,9 @@ class Distiller:
             config, source.num_actions, source.feature_dims, spec,
             extra_config={"teacher_kinds": list(teacher_kinds)})
         self.grad_step = 0
-        self._seconds_before = 0.0  # Training wall-clock of earlier sessions of the run.
-        self._t0 = time.perf_counter()
+        self._seconds_before = 0.0  # Training wall-clock of earlier sessions and calls.
+        self._t0 = None  # Start of the `train` call under way.
+        self._samples = 0
         self.ckpt_path = self.run_dir / "checkpoint.npz"
         if self.ckpt_path.exists():
             state = checkpoints.restore(self.ckpt_path, self.student, self.optimizer)
@@ -316,7 +317,8 @@ class Distiller:
     @property
     def train_seconds(self) -> float:
         """Wall-clock spent training this run, over all its sessions (resumes)."""
-        return self._seconds_before + time.perf_counter() - self._t0
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return self._seconds_before + running
 
     @property
     def student_path(self) -> Path:
@@ -394,9 +396,11 @@ class Distiller:
                 self.writer.scalars(self.grad_step, self.heldout_metrics())
             self.save_checkpoint()
         seconds = time.perf_counter() - self._t0
+        # Folded into the run's total: a later call (the next round) adds its own.
+        self._seconds_before, self._t0 = self.train_seconds, None
         return {"grad_steps": self.grad_step, "trained_steps": self.grad_step - start_step,
                 "seconds": seconds, "samples_per_s": self._samples / max(seconds, 1e-9),
-                "run_train_seconds": self.train_seconds}
+                "run_train_seconds": self._seconds_before}
 
     def _train_loop(self, c, bar, stop):
         """The loop of `train`: logs, held-out metrics, checkpoints, stops."""

@@ -258,3 +258,21 @@ def test_a_source_without_the_objectives_fields_is_refused(tmp_path, spec):
         distiller.Distiller(tmp_path / "run", config, source, spec, ["q_values"])
     source.close()
     assert not (tmp_path / "run").exists()  # Refused before writing anything.
+
+
+@pytest.mark.slow
+def test_training_in_several_calls_counts_every_call(tmp_path, datasets_dir, spec):
+    """A run trained in parts (collection rounds: set the step count, swap the
+    source, train again) resumes where it was and adds each call's time."""
+    d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=6))
+    first = d.train(progress=False)
+    d.set_num_grad_steps(10)
+    d.use_source(_source(tmp_path / "run", datasets_dir, d.config))
+    second = d.train(progress=False)
+    d.close()
+    assert (first["grad_steps"], second["grad_steps"], second["trained_steps"]) == (6, 10, 4)
+    assert second["run_train_seconds"] == pytest.approx(
+        first["seconds"] + second["seconds"], rel=0.05)
+    # Saved at the last checkpoint, a moment before the call ended.
+    saved = checkpoints.read_state(tmp_path / "run" / "checkpoint.npz")["train_seconds"]
+    assert first["seconds"] < saved <= second["run_train_seconds"]
