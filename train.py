@@ -154,9 +154,10 @@ def main(argv):
             print(f"interrupted: what was done is saved in {run_dir}; run the same command "
                   "to resume", file=sys.stderr)
             raise SystemExit(130) from None
+        # The distillation stage includes the rounds' collection.
         train_summary = {"grad_steps": rounds_summary["grad_steps"],
                          "seconds": rounds_summary["seconds"],
-                         "run_train_seconds": rounds_summary["run_train_seconds"]}
+                         "run_train_seconds": rounds_summary["run_seconds"]}
         student_path = Path(rounds_summary["student"])
     else:
         train_summary, student_path = _distil(run_dir, config, paths, spec, kinds)

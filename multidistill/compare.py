@@ -77,8 +77,12 @@ def comparison_markdown(reports: dict[str, dict]) -> str:
                          r.get("geometric_mean_percent_of_teacher_ci")))
         t = r.get("timing") or {}
         if t:
+            # Distillation: the run's total over its sessions (a resumed run), or
+            # this session's stage where that is longer (collection rounds count
+            # in the stage; reports before 2026-11-29 left them out of the total).
+            distil = [t[k] for k in ("run_distill_seconds", "distill_seconds") if k in t]
             cells.append(f"{_minutes(t.get('total_seconds'))} ({_minutes(t.get('build_seconds'))}"
-                         f" / {_minutes(t.get('run_distill_seconds', t.get('distill_seconds')))}"
+                         f" / {_minutes(max(distil) if distil else None)}"
                          f" / {_minutes(t.get('eval_seconds'))})")
         else:
             cells.append("n/a")

@@ -282,9 +282,12 @@ class RoundLoop:
                 if self.on_round is not None:
                     self.on_round(r, {"grad_steps": d.grad_step, "state": state})
             last = state["active"].get(str(c.rounds), {"rounds": [], "teacher_data": True})
+            collecting = sum(g.get("seconds", 0.0) for counts in state["collected"].values()
+                             for g in counts.values())
             summary.update(
                 grad_steps=d.grad_step, seconds=time.perf_counter() - t0,
-                run_train_seconds=d.train_seconds, student=str(d.student_path),
+                run_train_seconds=d.train_seconds, run_collect_seconds=collecting,
+                run_seconds=d.train_seconds + collecting, student=str(d.student_path),
                 collected=state["collected"], sampler=last)
             return summary
         finally:

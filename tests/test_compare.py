@@ -8,7 +8,7 @@ from conftest import run_cli
 from multidistill import compare, environments, evaluation
 
 
-def _run(tmp_path, name, student_returns, commit):
+def _run(tmp_path, name, student_returns, commit, timing=None):
     scores = {g: evaluation.Scores(returns=r, lengths=[1] * len(r), seconds=0.0)
               for g, r in student_returns.items()}
     teacher = {g: dict(evaluation.Scores(returns=[10.0] * len(r), lengths=[1] * len(r),
@@ -17,8 +17,8 @@ def _run(tmp_path, name, student_returns, commit):
                for g, r in student_returns.items()}
     report = evaluation.make_report(
         scores, teacher, evaluation.EvalProtocol(), environments.Preprocessing(),
-        extra={"timing": {"total_seconds": 600, "build_seconds": 60,
-                          "run_distill_seconds": 480, "eval_seconds": 60},
+        extra={"timing": timing or {"total_seconds": 600, "build_seconds": 60,
+                                    "run_distill_seconds": 480, "eval_seconds": 60},
                "student_parameters": 1000, "teacher_parameters": {"pong": 4000},
                "commit": commit, "command": f"python train.py --run_dir=runs/{name}"})
     run = tmp_path / name
@@ -74,3 +74,17 @@ def test_compare_command_line(tmp_path):
     assert rc == 2 and "nope: no report found" in out and "Traceback" not in out, out
     rc, out = run_cli(["-m", "multidistill.compare"])
     assert rc == 2 and "give one or more run directories" in out, out
+
+
+def test_the_distil_time_is_the_longer_of_the_stage_and_the_run_total(tmp_path):
+    """A resumed run shows its total over sessions; a run whose stage also
+    collected rounds (not in an old report's total) shows the stage."""
+    rounds = _run(tmp_path, "r", {"pong": [10.0]}, None,
+                  {"total_seconds": 1200, "build_seconds": 60, "distill_seconds": 900,
+                   "run_distill_seconds": 200, "eval_seconds": 240})
+    resumed = _run(tmp_path, "s", {"pong": [10.0]}, None,
+                   {"total_seconds": 300, "build_seconds": 0, "distill_seconds": 60,
+                    "run_distill_seconds": 720, "eval_seconds": 240})
+    _, _, table = compare.compare([str(rounds), str(resumed)], tmp_path / "cmp")
+    assert "| 20.0 min (1.0 min / 15.0 min / 4.0 min) |" in table
+    assert "| 5.0 min (0.0 min / 12.0 min / 4.0 min) |" in table

@@ -73,6 +73,8 @@ def test_student_rounds_record_who_acted_and_train_on_the_aggregate(
     run = tmp_path / "run"
     summary = _loop(run, teachers_dir, datasets_dir, spec).run()
     assert summary["grad_steps"] == 12 + 2 * 6
+    assert summary["run_collect_seconds"] > 0 and summary["run_seconds"] == pytest.approx(
+        summary["run_train_seconds"] + summary["run_collect_seconds"])
     state = json.loads((run / "rounds" / "state.json").read_text())
     assert state["trained"] == 2 and sorted(state["collected"]) == ["1", "2"]
     assert state["active"]["2"] == {"rounds": [1, 2], "teacher_data": True}
