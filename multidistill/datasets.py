@@ -963,10 +963,7 @@ class DatasetSet:
                                     step_stop=s.step_stop + int(start))
                 for ds, start in zip(self.parts, self.part_starts) for s in ds.sessions]
 
-    def episode_offsets(self, start: int, stop: int) -> np.ndarray:
-        rows = np.arange(start, stop)
-        ep = np.searchsorted(self.episode_starts, rows, side="right") - 1
-        return rows - self.episode_starts[ep]
+    episode_offsets = Dataset.episode_offsets  # From the set's episode table.
 
     def read_rows(self, start: int, stop: int, fields: Sequence[str] = STEP_FIELDS,
                   history: int = 0) -> dict[str, Any]:
@@ -974,11 +971,8 @@ class DatasetSet:
         if not 0 <= start <= stop <= self.num_agent_steps:
             raise IndexError(f"rows {start}:{stop} outside dataset {self.path} of "
                              f"{self.num_agent_steps} steps")
-        if start == stop:
-            return {"frames": np.zeros((0,) + self.preprocessing.observation_shape[1:],
-                                       np.uint8), "prefix": 0,
-                    "offsets": np.zeros(0, np.int64),
-                    **{name: self.parts[0].read_rows(0, 0, [name])[name] for name in fields}}
+        if start == stop:  # No rows (and no history): any file's empty read.
+            return self.parts[0].read_rows(0, 0, fields)
         first = int(np.searchsorted(self.part_starts, start, side="right") - 1)
         pieces, at = [], start
         for k in range(first, len(self.parts)):

@@ -247,10 +247,9 @@ class RoundLoop:
         base = pipeline.HDF5Source(self.base_paths, dc.pipeline, fields=dc.objective.fields,
                                    max_episodes=prefix)
         base_prefix = [ds.num_episodes for ds in base.datasets]
-        base_steps = [ds.num_agent_steps for ds in base.datasets]
         identity = {"datasets": base.identity()["datasets"], "rounds": c.identity()}
         state = self._load_state(identity)
-        state["base_counts"] = [[ds.num_agent_steps, ds.num_episodes] for ds in base.datasets]
+        self._base_counts = [(ds.num_agent_steps, ds.num_episodes) for ds in base.datasets]
         d = distiller.Distiller(
             self.run_dir, dataclasses.replace(dc, num_grad_steps=grad_target(
                 dc.num_grad_steps, c, 0)), base, self.spec,
@@ -263,7 +262,7 @@ class RoundLoop:
                     continue
                 if r > 0:
                     collected = self._collect(state, r)
-                    active = self._aggregate(state, r, base_steps)
+                    active = self._aggregate(state, r)
                     d.use_source(pipeline.HDF5Source(
                         [self._files(g, gi, active) for gi, g in enumerate(self.games)],
                         dc.pipeline, fields=dc.objective.fields,
@@ -372,12 +371,12 @@ class RoundLoop:
             last = state["collected"][str(r - 1)][game]
             steps, episodes = last["num_agent_steps"], last["num_episodes"]
         else:
-            steps, episodes = state["base_counts"][game_index]
+            steps, episodes = self._base_counts[game_index]
         mean_length = steps / max(episodes, 1)
         need = math.ceil(self.config.agent_steps_per_round / max(mean_length, 1.0))
         return int(min(max(need, 1), self.collect_config.num_envs))
 
-    def _aggregate(self, state: dict, r: int, base_steps: Sequence[int]) -> dict:
+    def _aggregate(self, state: dict, r: int) -> dict:
         """Which rounds are in the sampler in round r (decided once, recorded),
         and the files of those that left deleted."""
         key = str(r)
@@ -388,9 +387,10 @@ class RoundLoop:
             cap = self.config.max_agent_steps_per_game
             if cap:
                 def size(gi):
-                    return (sum(state["collected"][str(k)][g]["num_agent_steps"]
-                                for k in rounds for g in [self.games[gi]])
-                            + (base_steps[gi] if teacher_data else 0))
+                    game = self.games[gi]
+                    return (sum(state["collected"][str(k)][game]["num_agent_steps"]
+                                for k in rounds)
+                            + (self._base_counts[gi][0] if teacher_data else 0))
                 while any(size(gi) > cap for gi in range(len(self.games))):
                     if teacher_data and not self.config.keep_teacher_data:
                         teacher_data = False
