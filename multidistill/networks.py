@@ -9,9 +9,14 @@ Sizes (Rusu et al. 2016, Table 3): the Nature-DQN trunk has conv filters
 
     net1: 16/32/32, 256      net2: 16/16/16, 128      net3: 16/16/16, 64
 
+and `tiny`, 8/8/8 and 64 units, is about 1.7 % of the DQN (29,214 parameters
+against 1,687,206 for a 6-action game): the smallest student of Sun & Fazli
+(2019), real-time policy distillation. `parameter_count` counts any of them.
+
 The multi-task student shares the trunk (convs + hidden layer) and has, per
-game, a `head_units` hidden layer and a linear output sized to that game's
-actions, plus a linear projection of the shared hidden layer onto the game's
+game, a `head_units` hidden layer (none when 0: the papers' layout, a
+single-game student is then the teacher's network at the student's size)
+and a linear output sized to that game's actions, plus a linear projection of the shared hidden layer onto the game's
 teacher features (Actor-Mimic feature regression).
 """
 
@@ -34,6 +39,7 @@ STUDENT_SIZES: dict[str, tuple[tuple[int, int, int], int]] = {
     "net1": ((16, 32, 32), 256),
     "net2": ((16, 16, 16), 128),
     "net3": ((16, 16, 16), 64),
+    "tiny": ((8, 8, 8), 64),
 }
 
 # Kernel sizes and strides of the three Nature-DQN convolutions.
@@ -236,11 +242,13 @@ class MultiTaskStudent(keras.Model):
         # The trunk computes in `precision`; everything after it in float32.
         self.trunk = make_trunk(self.conv_filters, self.fc_units, prefix="shared_",
                                    dtype=precision)
+        if self.head_units < 0:
+            raise ValueError(f"head_units must be >= 0, found {self.head_units}")
         self.game_hidden = [
             layers.Dense(self.head_units, activation="relu", name=f"{g}_hidden",
                          dtype="float32")
             for g in self.games
-        ]
+        ] if self.head_units else []
         self.game_heads = [
             layers.Dense(a, name=f"{g}_logits", dtype="float32")
             for g, a in zip(self.games, self.num_actions)
@@ -269,7 +277,9 @@ class MultiTaskStudent(keras.Model):
 
     def game_logits(self, hidden, game_index: int):
         """Logits of one game's head, (B, num_actions[game_index])."""
-        return self.game_heads[game_index](self.game_hidden[game_index](hidden))
+        if self.game_hidden:
+            hidden = self.game_hidden[game_index](hidden)
+        return self.game_heads[game_index](hidden)
 
     def call(self, inputs):
         frames, game_id = inputs["frames"], inputs["game_id"]
@@ -358,3 +368,20 @@ class MultiTaskStudent(keras.Model):
             }
         )
         return self
+
+
+def parameter_count(size: str, num_actions: int, head_units: int = 0,
+                    observation_shape: Sequence[int] = (4, 84, 84)) -> int:
+    """Parameters of a one-game student of a named size (`STUDENT_SIZES`),
+    counted on the built network: trunk, `head_units` head layer (0: none,
+    the teacher's layout) and outputs, without feature projections.
+
+    `parameter_count("dqn", 6)` is the Nature-DQN teacher of a 6-action game.
+    """
+    if size not in STUDENT_SIZES:
+        raise ValueError(f"size must be one of {sorted(STUDENT_SIZES)}, found {size!r}")
+    filters, fc = STUDENT_SIZES[size]
+    student = MultiTaskStudent(["game"], [num_actions], conv_filters=filters, fc_units=fc,
+                               head_units=head_units, observation_shape=observation_shape)
+    student.build_for_inputs()
+    return int(student.count_params())

@@ -108,18 +108,23 @@ def head_network(student: networks.MultiTaskStudent, game: str):
         raise ValueError(f"the student has no head for {game!r}: it has {student.games}")
     g = student.games.index(game)
     frames = keras.Input(shape=tuple(student.observation_shape), dtype="uint8", name="frames")
+    # Without a head layer, the trunk's hidden layer is the last one: `features`.
     trunk = networks.make_trunk(student.conv_filters, student.fc_units, prefix="",
-                                   hidden_name="hidden", dtype="float32")
+                                   hidden_name="hidden" if student.head_units else "features",
+                                   dtype="float32")
     x = frames
     for layer in trunk:
         x = layer(x)
-    features = layers.Dense(student.head_units, activation="relu", name="features",
-                            dtype="float32")
+    if student.head_units:
+        features = layers.Dense(student.head_units, activation="relu", name="features",
+                                dtype="float32")
+        x = features(x)
     outputs = layers.Dense(student.num_actions[g], name="outputs", dtype="float32")
-    model = keras.Model(frames, outputs(features(x)), name=f"student_{game}")
+    model = keras.Model(frames, outputs(x), name=f"student_{game}")
     for a, b in zip(_weighted(student.trunk), _weighted(trunk)):
         b.set_weights(a.get_weights())
-    features.set_weights(student.game_hidden[g].get_weights())
+    if student.head_units:
+        features.set_weights(student.game_hidden[g].get_weights())
     outputs.set_weights(student.game_heads[g].get_weights())
     return model
 

@@ -111,6 +111,33 @@ def test_compressed_sizes_parameter_counts():
     assert counts["dqn"] == trunk + (512 * 128 + 128) + (128 * 6 + 6)
 
 
+def test_tiny_preset_is_the_hand_counted_1_7_percent_network():
+    # 8/8/8 filters, 64 units, 6 actions, no head layer: the teacher's layout.
+    convs = (8 * 8 * 4 * 8 + 8) + (4 * 4 * 8 * 8 + 8) + (3 * 3 * 8 * 8 + 8)
+    hidden = 7 * 7 * 8 * 64 + 64  # 84 -> 20 -> 9 -> 7 pixels, 8 channels.
+    assert networks.parameter_count("tiny", 6) == convs + hidden + (64 * 6 + 6) == 29_214
+    teacher = networks.build_teacher_network(6).count_params()
+    assert networks.parameter_count("dqn", 6) == teacher == 1_687_206
+    assert round(100 * 29_214 / teacher, 2) == 1.73
+    # A head layer of 128 units adds 64*128+128 and widens the outputs' input.
+    assert networks.parameter_count("tiny", 6, head_units=128) == (
+        convs + hidden + (64 * 128 + 128) + (128 * 6 + 6))
+    with pytest.raises(ValueError, match="size must be one of .* found 'huge'"):
+        networks.parameter_count("huge", 6)
+
+
+def test_without_head_layer_the_logits_come_from_the_shared_hidden_layer():
+    s = networks.MultiTaskStudent(["pong", "freeway"], [6, 3], conv_filters=(4, 4, 4),
+                                  fc_units=16, head_units=0).build_for_inputs()
+    assert s.game_hidden == []
+    x = _batch()
+    hidden = s.shared_hidden(x["frames"])
+    expected = np.asarray(s.game_heads[1](hidden))[1]
+    np.testing.assert_allclose(np.asarray(s(x)["logits"])[1, :3], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="head_units must be >= 0, found -1"):
+        networks.MultiTaskStudent(["pong"], [6], head_units=-1)
+
+
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="temperatures must be > 0"):
         objectives.Distillation(temperatures=(0.0,))

@@ -174,3 +174,19 @@ def test_export_head_writes_a_teacher_that_loads_and_acts_as_the_head(tmp_path, 
     assert teachers.load_teacher("pong", tmp_path, spec).kind == "logits"
     with pytest.raises(ValueError, match="no head for 'qbert'"):
         students.export_head(student, "qbert", tmp_path)
+
+
+def test_export_head_of_a_student_without_head_layer(tmp_path, spec):
+    from multidistill import networks
+
+    student = networks.MultiTaskStudent(["pong"], [6], conv_filters=(4, 4, 4), fc_units=16,
+                                        head_units=0, observation_shape=spec.observation_shape,
+                                        preprocessing=spec.to_dict()).build_for_inputs()
+    students.export_head(student, "pong", tmp_path, kind="q_values")
+    t = teachers.load_teacher("pong", tmp_path, spec)
+    frames = _frames(3)
+    np.testing.assert_allclose(t.label(frames)["outputs"],
+                               np.asarray(student.policy_network("pong")(frames)), rtol=1e-5,
+                               atol=1e-5)
+    # Its features are the trunk's hidden layer.
+    assert t.feature_dim == 16
