@@ -434,7 +434,7 @@ _PPO_FLAGS = ("num_envs", "behaviour_epsilon", "lr_horizon_frames", "orthogonal_
 def define_teacher_training_flags():
     """The flags of `python -m multidistill.train_teacher` (the shipped
     teachers' cards record such commands: keep every flag working)."""
-    from multidistill import teachers
+    from multidistill import networks, teachers
     from multidistill.agents import dqn, ppo, runner
 
     run = runner.RunConfig
@@ -501,8 +501,60 @@ def define_teacher_training_flags():
                       "Without a checkpoint, start from the teacher in --teachers_dir: its "
                       "weights (critic included) and the counters its card recorded (so "
                       "DQN's epsilon and PPO's learning rate go on where it was exported).")
+    flags.DEFINE_string("init_trunk_from", None,
+                        "Transfer: without a checkpoint, start the teacher's convolutions "
+                        "and hidden layer from a student file's shared trunk (e.g. "
+                        "runs/<run>/student.keras; its size must be the teacher's); the "
+                        "outputs, the critic and every counter start afresh.")
+    realtime = _realtime_defaults()
+    flags.DEFINE_list("distill_into", [],
+                      "Real-time policy distillation (Sun & Fazli 2019): student sizes "
+                      f"({', '.join(networks.STUDENT_SIZES)}) that distil from the teacher "
+                      "while it trains, on its replay (DQN) or rollouts (PPO) labelled by "
+                      "the current teacher; evaluated with it, checkpointed with it, in "
+                      "<checkpoint_dir>/realtime. Empty: none.")
+    flags.DEFINE_float("distill_steps_per_update", realtime.steps_per_update,
+                       "With --distill_into: student gradient steps per teacher gradient "
+                       "step (a ratio > 0).")
+    flags.DEFINE_integer("distill_batch_size", realtime.batch_size,
+                         "With --distill_into: states per student gradient step.")
+    flags.DEFINE_float("distill_learning_rate", realtime.learning_rate,
+                       "With --distill_into: the students' Adam step size.")
     define_preprocessing_flags()
     define_verbose_flag()
+
+
+def _realtime_defaults():
+    from multidistill import realtime
+
+    return realtime.RealtimeConfig(sizes=("tiny",))
+
+
+def realtime_config_from_flags(seed: int = 0):
+    """The `realtime.RealtimeConfig` of the --distill_* flags, or None without
+    --distill_into.
+
+    Raises:
+      UsageError: an unknown or repeated size, a value out of range.
+    """
+    from multidistill import realtime
+
+    if not FLAGS.distill_into:
+        return None
+    names = {"sizes": "distill_into", "steps_per_update": "distill_steps_per_update",
+             "batch_size": "distill_batch_size", "learning_rate": "distill_learning_rate"}
+    try:
+        return realtime.RealtimeConfig(
+            sizes=tuple(s.strip() for s in FLAGS.distill_into),
+            steps_per_update=FLAGS.distill_steps_per_update,
+            batch_size=FLAGS.distill_batch_size,
+            learning_rate=FLAGS.distill_learning_rate, seed=seed)
+    except ValueError as e:
+        message = str(e)
+        for field, flag in names.items():
+            if message.startswith(field + " "):
+                message = f"--{flag} {message[len(field) + 1:]}"
+        raise UsageError(message) from None
 
 
 def _teacher_config_from_flags(config_class, names):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from absl import flags
 
-from multidistill import cli, evaluation, files
+from multidistill import cli, evaluation, files, realtime, students
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
@@ -89,20 +89,48 @@ def main(argv):
     checkpoint_dir = Path(FLAGS.checkpoint_dir or Path.home() / ".cache" / "multidistill"
                           / "teacher_runs" / f"{game.name}_{FLAGS.algo}")
 
+    realtime_config = cli.realtime_config_from_flags(run_config.seed)
+    cli.require(not (FLAGS.init_from_teacher and FLAGS.init_trunk_from),
+                "--init_from_teacher and --init_trunk_from exclude each other: start from "
+                "the whole teacher or from a student's trunk")
+    trunk_source = None
+    if FLAGS.init_trunk_from:
+        try:
+            trunk_source = students.load_student(FLAGS.init_trunk_from)
+        except (FileNotFoundError, ValueError) as e:
+            raise cli.UsageError(f"--init_trunk_from: {e}") from None
+
     agent = runner.make_agent(FLAGS.algo, game.name, game.num_actions, spec,
                               agent_configs[FLAGS.algo],
                               total_agent_steps=run_config.num_env_frames // spec.frame_skip,
                               seed=run_config.seed)
+    companions = []
+    if realtime_config is not None:
+        students_run = realtime.RealtimeDistillation(
+            realtime_config, game.name, game.num_actions, agent.kind, spec,
+            checkpoint_dir / "realtime")
+        students_run.build(agent.teacher_model)
+        companions.append(students_run)
     run = runner.Runner(agent, FLAGS.algo, game.name, spec, run_config, teachers_dir,
                         checkpoint_dir,
                         command=" ".join(["python -m multidistill.train_teacher"]
-                                         + sys.argv[1:]))
+                                         + sys.argv[1:]),
+                        companions=companions)
     if run.restore():
         print(f"resuming {run.checkpoint_path} at {run.num_env_frames:,} frames")
     elif FLAGS.init_from_teacher:
         teacher = teachers_lib.load_teacher(game.name, teachers_dir, spec)
         n = run.start_from_teacher(teacher)
         print(f"initialised {n} layers from {teacher.path}, at {run.num_env_frames:,} frames")
+    elif trunk_source is not None:
+        try:
+            n = run.start_from_trunk(trunk_source, FLAGS.init_trunk_from)
+        except ValueError as e:
+            raise cli.UsageError(f"--init_trunk_from={FLAGS.init_trunk_from}: {e}") from None
+        print(f"initialised the trunk ({n} layers) from {FLAGS.init_trunk_from}")
+    if companions:
+        print(f"real-time students {', '.join(realtime_config.sizes)} in "
+              f"{checkpoint_dir / 'realtime'}")
     try:
         stopped = run.train()
     finally:

@@ -60,6 +60,11 @@ class Agent(Protocol):
           of the iteration's gradient steps (empty when it made none).
         """
 
+    def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
+        """(batch_size, stack, H, W) uint8 observations of the agent's own
+        experience (DQN: its replay memory; PPO: its latest rollout), drawn
+        with `rng`; None while it has none to give."""
+
     def state(self) -> dict[str, Any]:
         """JSON-able counters to resume from (the weights are in `learner`)."""
 
@@ -68,6 +73,13 @@ class Agent(Protocol):
 
     def start_from_teacher(self, model: Any, state: dict[str, Any]) -> int:
         """Starts from an exported teacher: its weights and its counters.
+
+        Returns:
+          The number of layers copied.
+        """
+
+    def load_trunk(self, model: Any) -> int:
+        """Transfer: the trunk of `model` (a student) into the network.
 
         Returns:
           The number of layers copied.

@@ -277,6 +277,16 @@ class DQN:
         self.learner.sync_target()
         return copied
 
+    def load_trunk(self, model) -> int:
+        """Transfer: the convolutions and hidden layer of `model` (a student's
+        shared trunk, `students.copy_trunk`) into the network; the rest and
+        the counters stay fresh. Returns the number of layers copied."""
+        from multidistill import students
+
+        copied = students.copy_trunk(model, self.net)
+        self.learner.sync_target()
+        return copied
+
     def epsilon(self) -> float:
         """Exploration rate at the current agent step."""
         c = self.config
@@ -316,6 +326,14 @@ class DQN:
             q = np.asarray(self.net.predict_on_batch(observations))
             actions = np.where(greedy, np.argmax(q, axis=1), actions).astype(np.int32)
         return actions, {}
+
+    def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Observations (batch_size, stack, H, W) drawn uniformly from the replay
+        memory with `rng` (not the agent's own), or None while it holds too
+        few: what real-time students distil on (`multidistill.realtime`)."""
+        if not self.can_learn():
+            return None
+        return self.memory.stacks(*self.memory.sample_indices(batch_size, rng))
 
     def can_learn(self) -> bool:
         """Whether the memory holds enough agent steps to learn from."""

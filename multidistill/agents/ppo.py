@@ -288,6 +288,15 @@ class PPO:
         self.load_state(state)
         return copied
 
+    def load_trunk(self, model) -> int:
+        """Transfer: the convolutions and hidden layer of `model` (a student's
+        shared trunk, `students.copy_trunk`) into the network; the rest and
+        the counters stay fresh. Returns the number of layers copied."""
+        from multidistill import students
+
+        copied = students.copy_trunk(model, self.net)
+        return copied
+
     def learning_rate(self, agent_steps: int) -> float:
         """Adam's step size for a rollout that started at `agent_steps`:
         `learning_rate` * (1 - agent_steps / horizon), at least 0, where the
@@ -310,6 +319,17 @@ class PPO:
         actions = np.minimum((cdf < u).sum(axis=1), logits.shape[1] - 1).astype(np.int32)
         return actions, {"log_prob": log_mu[np.arange(len(actions)), actions],
                          "value": np.asarray(values, np.float32)[:, 0]}
+
+    def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Observations (batch_size, stack, H, W) drawn uniformly (with
+        replacement, with `rng`, not the agent's own) from the rollout
+        buffers, which hold the latest rollout; None before the first step:
+        what real-time students distil on (`multidistill.realtime`)."""
+        valid = np.flatnonzero(self._buffers["valid"].reshape(-1))
+        if valid.size == 0:
+            return None
+        obs = self._buffers["observations"]
+        return obs.reshape((-1,) + obs.shape[2:])[rng.choice(valid, size=batch_size)]
 
     def observe(self, step: acting.StepBatch) -> list[float] | None:
         """Records the step; once a rollout is full, this step's value closes it.

@@ -17,6 +17,10 @@ knows nothing of them:
     checkpoint every `checkpoint_every_s`, at the end, and at the first
     record after SIGINT or SIGTERM, where it stops.
 
+Companions ride along without the agent knowing (e.g. real-time students,
+`multidistill.realtime`): the runner hands them every record and every
+evaluation, and saves and restores them with the agent (see `Companion`).
+
 Files: `<checkpoint_dir>/checkpoint.npz`, `metrics.jsonl`, `tb/`,
 `learning_curve.png`; `<teachers_dir>/<game>.keras` and `<game>.json`.
 """
@@ -28,7 +32,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,6 +87,25 @@ class RunConfig:
         return 1_000_000 + self.seed
 
 
+class Companion(Protocol):
+    """What rides along a run (`multidistill.realtime.RealtimeDistillation`)."""
+
+    def restore(self) -> list:
+        """Resumes from its own checkpoint (called when the agent resumed from its)."""
+
+    def save(self) -> None:
+        """Checkpoints (called just before the agent's checkpoint is written)."""
+
+    def on_record(self, agent: base.Agent, record: loop.Record,
+                  writer: summaries.ScalarWriter | None = None) -> Any:
+        """After each iteration of the agent."""
+
+    def on_evaluation(self, frames: int, scores: evaluation.Scores,
+                      protocol: evaluation.EvalProtocol, wall_clock_s: float,
+                      writer: summaries.ScalarWriter | None = None) -> str:
+        """After each evaluation of the agent's teacher; returns a note for the console."""
+
+
 def make_agent(algo: str, game: str, num_actions: int, spec: environments.Preprocessing,
                config, total_agent_steps: int, seed: int) -> base.Agent:
     """The agent of `algo` ("ppo" or "dqn") with `config` (its config class)."""
@@ -116,6 +139,8 @@ class Runner:
       teachers_dir: where the teacher and its card are exported.
       checkpoint_dir: the training state folder.
       command: the command line, recorded in the card.
+      companions: what rides along (`Companion`), saved and restored with
+        the agent.
 
     Attributes:
       run: the run's counters, checkpointed: `wall_clock_s` (training time
@@ -127,8 +152,10 @@ class Runner:
     def __init__(self, agent: base.Agent, algo: str, game: str,
                  spec: environments.Preprocessing, config: RunConfig,
                  teachers_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike,
-                 command: str = ""):
+                 command: str = "", companions: tuple = ()):
         self.agent = agent
+        self.companions = tuple(companions)
+        self.last_companion_notes: list[str] = []
         self.algo = algo
         self.game = game
         self.spec = spec
@@ -194,6 +221,8 @@ class Runner:
         self.agent.load_state(state)
         self.run.update(saved["run"])
         self._t_start = time.perf_counter() - float(self.run["wall_clock_s"])
+        for companion in self.companions:
+            companion.restore()
         return True
 
     def start_from_teacher(self, teacher: teachers_lib.Teacher) -> int:
@@ -220,9 +249,25 @@ class Runner:
         self._t_start = time.perf_counter() - float(self.run["wall_clock_s"])
         return copied
 
+    def start_from_trunk(self, student, source: str = "") -> int:
+        """Transfer: starts the agent's network from `student`'s shared trunk
+        (`agent.load_trunk`); the outputs, the critic and the counters stay
+        fresh, so a run from a trunk and one from scratch differ only there.
+
+        Returns:
+          The number of layers copied.
+        """
+        copied = self.agent.load_trunk(student)
+        self.run["init_trunk_from"] = str(source)
+        return copied
+
     def save_checkpoint(self) -> None:
         """Writes the checkpoint (atomically) and redraws the learning curve."""
         self.run["wall_clock_s"] = self._wall_clock_s()
+        # Companions first: a kill between the two leaves them ahead, never
+        # behind, the agent they resume with.
+        for companion in self.companions:
+            companion.save()
         checkpoints.save(self.checkpoint_path, self.agent.learner, self.agent.optimizer,
                          dict(self.run_key, algo_state=self.agent.state(), run=self.run))
         summaries.plot_curves(
@@ -251,6 +296,9 @@ class Runner:
         if writer is not None:
             writer.scalars(frames, {"eval/mean_return": scores.mean,
                                     "eval/std_return": scores.std})
+        self.last_companion_notes = [
+            companion.on_evaluation(frames, scores, protocol, self._wall_clock_s(), writer)
+            for companion in self.companions]
         self.run["last_eval_frames"] = frames
         improved = self.run["best_eval"] is None or scores.mean > self.run["best_eval"]
         if improved:
@@ -272,6 +320,8 @@ class Runner:
             "wall_clock_s": round(self._wall_clock_s(), 1),
             "hardware": hardware(),
             "command": self.command,
+            **({"init_trunk_from": self.run["init_trunk_from"]}
+               if self.run.get("init_trunk_from") else {}),
         }
 
     def train(self, progress: bool = True) -> str:
@@ -338,12 +388,16 @@ class Runner:
                 if returns:
                     logs["charts/episodic_return"] = float(np.mean(returns))
                 writer.scalars(frames, logs)
+                for companion in self.companions:
+                    companion.on_record(self.agent, record, writer)
                 if bar is not None:
                     bar.update(min(frames, c.num_env_frames) - bar.n)
                 if frames - self.run["last_eval_frames"] >= c.eval_every_frames:
                     scores, improved = self.evaluate_and_export(writer)
                     message = (f"{frames:,} frames: eval {scores.mean:.1f}"
-                               + (" (new best, teacher written)" if improved else ""))
+                               + (" (new best, teacher written)" if improved else "")
+                               + "".join(f"; {note}" for note in self.last_companion_notes
+                                         if note))
                     if bar is not None:
                         bar.write(message)
                     else:

@@ -1,0 +1,389 @@
+"""Real-time policy distillation: students learn while their teacher trains.
+
+Sun & Fazli (2019): instead of training the teacher and distilling it
+afterwards, one or more students take gradient steps alongside the teacher's
+own, on states of the teacher's experience (DQN's replay memory, PPO's
+latest rollout) labelled by the teacher as it is at that moment. The
+student follows the teacher's latest policy, and is ready when the teacher
+is.
+
+    python -m multidistill.train_teacher --game=pong --algo=dqn \\
+        --distill_into=net3,tiny
+
+`RealtimeDistillation` is a companion of the teacher-training runner
+(`agents.runner.Runner(..., companions=[...])`): after each training
+iteration it takes `steps_per_update` student steps per teacher gradient step
+of the iteration; at each of the runner's evaluations it evaluates every
+student under the same protocol; it checkpoints with the teacher and
+resumes with it. The students' loss is offline distillation's
+(`objectives.Distillation`: temperature-sharpened KL with the temperature
+of the teacher's kind, or another policy loss), their networks are
+`networks.MultiTaskStudent`s of one game built by `distiller.build_student`,
+so a real-time student is a student file like any other
+(`students.load_student`, `python -m multidistill.evaluate`).
+
+Files, under `<checkpoint_dir>/realtime/`:
+
+    <size>/checkpoint.npz   weights, optimizer state, counters (atomic)
+    <size>/student.keras    the student as of the last checkpoint
+    evaluations.jsonl       one line per evaluation: frames, wall-clock,
+                            the teacher's and every student's scores
+    curves.png              teacher and students' evaluation returns
+    report.md               the evaluations as a table
+
+Scalars go to the runner's TensorBoard log as `realtime/<size>/...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from multidistill import (
+    checkpoints,
+    distiller,
+    environments,
+    evaluation,
+    files,
+    networks,
+    objectives,
+    pipeline,
+    students,
+    summaries,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealtimeConfig:
+    """How students distil alongside a training teacher.
+
+    Attributes:
+      sizes: the students, by size name (`networks.STUDENT_SIZES`), one each.
+      steps_per_update: student gradient steps per teacher gradient step
+        (the paper: one, on the teacher's replay batches).
+      batch_size: states per student gradient step.
+      learning_rate: the students' Adam step size.
+      policy_loss: `objectives.Distillation.policy_loss` ("kl", "nll", "mse").
+      temperature: tau of the KL; None: that of the teacher's kind (0.01 for
+        Q-values, 1 for logits: `objectives.default_temperature`).
+      feature_beta: weight of Actor-Mimic's feature regression (0: off).
+      head_units: units of the student's head layer (0: none, so that a
+        student is the teacher's network at its size).
+      seed: seeds the students' initial weights and the sampling of states.
+    """
+
+    sizes: tuple[str, ...]
+    steps_per_update: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 2.5e-4
+    policy_loss: str = "kl"
+    temperature: float | None = None
+    feature_beta: float = 0.0
+    head_units: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.sizes:
+            raise ValueError("sizes must name at least one student size")
+        unknown = [s for s in self.sizes if s not in networks.STUDENT_SIZES]
+        if unknown:
+            raise ValueError(f"sizes must be among {sorted(networks.STUDENT_SIZES)}, "
+                             f"found {unknown}")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes must not repeat, found {list(self.sizes)}")
+        if not self.steps_per_update > 0:
+            raise ValueError(f"steps_per_update must be > 0, found {self.steps_per_update}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, found {self.learning_rate}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        if self.head_units < 0:
+            raise ValueError(f"head_units must be >= 0, found {self.head_units}")
+        objectives.Distillation(policy_loss=self.policy_loss, feature_beta=self.feature_beta)
+
+    def to_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), sizes=list(self.sizes))
+
+    def identity(self) -> dict:
+        """The settings a resumed student must share (the sizes may change)."""
+        d = self.to_dict()
+        d.pop("sizes")
+        return d
+
+
+def labeller(teacher_model):
+    """frames -> (outputs, features) of a teacher-layout network (see
+    `networks.build_teacher_network`), sharing its weights: always the
+    teacher as it is now."""
+    import keras
+
+    outputs = teacher_model.outputs[0]
+    features = teacher_model.get_layer("features").output
+    return keras.Model(teacher_model.inputs, [outputs, features],
+                       name=f"{teacher_model.name}_labeller")
+
+
+class RealtimeDistillation:
+    """Students distilling from a teacher as it trains (a runner companion).
+
+    Args:
+      config: the settings.
+      game: the teacher's game.
+      num_actions: its action count.
+      kind: the teacher's kind ("q_values" or "logits"): the students'
+        acting rule and default temperature.
+      spec: the preprocessing.
+      directory: where the students live (`<checkpoint_dir>/realtime`).
+    """
+
+    def __init__(self, config: RealtimeConfig, game: str, num_actions: int, kind: str,
+                 spec: environments.Preprocessing, directory: str | os.PathLike):
+        self.config = config
+        self.game = game
+        self.kind = kind
+        self.spec = spec
+        self.directory = Path(directory)
+        tau = config.temperature or objectives.default_temperature(kind)
+        self.objective = objectives.Distillation(
+            policy_loss=config.policy_loss, temperatures=(tau,),
+            feature_beta=config.feature_beta)
+        self._labeller = None
+        self.students: dict[str, tuple] = {}
+        self._num_actions = int(num_actions)
+        self.counters = {"grad_steps": 0, "credit": 0.0, "distill_seconds": 0.0,
+                         "eval_seconds": 0.0}
+        self.rng = np.random.default_rng(config.seed)
+
+    # -- building, saving, resuming -----------------------------------------
+
+    def _distill_config(self, size: str) -> distiller.DistillConfig:
+        c = self.config
+        return distiller.DistillConfig(
+            games=(self.game,), objective=self.objective, student_size=size,
+            head_units=c.head_units, learning_rate=c.learning_rate,
+            pipeline=pipeline.PipelineConfig(batch_size_per_game=c.batch_size, seed=c.seed))
+
+    def build(self, teacher_model) -> None:
+        """Builds the students for `teacher_model` (the agent's network)."""
+        self._labeller = labeller(teacher_model)
+        feature_dim = int(self._labeller.outputs[1].shape[-1])
+        for size in self.config.sizes:
+            student, optimizer = distiller.build_student(
+                self._distill_config(size), [self._num_actions], [feature_dim], self.spec,
+                extra_config={"teacher_kinds": [self.kind],
+                              "realtime": self.config.to_dict()})
+            self.students[size] = (student, optimizer)
+
+    def _paths(self, size: str) -> tuple[Path, Path]:
+        return self.directory / size / "checkpoint.npz", self.directory / size / "student.keras"
+
+    def save(self) -> None:
+        """Checkpoints every student (atomic files) with the shared counters."""
+        for size, (student, optimizer) in self.students.items():
+            ckpt, keras_path = self._paths(size)
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            checkpoints.save(ckpt, student, optimizer,
+                             {"realtime": self.config.identity(), "size": size,
+                              "counters": self.counters})
+            students.save_student(student, keras_path)
+
+    def restore(self) -> list[str]:
+        """Resumes the students that have a checkpoint (call after `build`,
+        when the teacher resumed from its own).
+
+        Returns:
+          The sizes resumed; the others start afresh.
+
+        Raises:
+          checkpoints.CheckpointError: a student was trained with other settings.
+        """
+        resumed = []
+        for size, (student, optimizer) in self.students.items():
+            ckpt, _ = self._paths(size)
+            if not ckpt.exists():
+                continue
+            saved = checkpoints.read_state(ckpt)
+            if saved.get("realtime") != json.loads(json.dumps(self.config.identity())):
+                raise checkpoints.CheckpointError(
+                    f"real-time student {ckpt} was distilled with other settings "
+                    f"({saved.get('realtime')}, asked {self.config.identity()}): use "
+                    "the same --distill_* flags, or delete that folder")
+            saved = checkpoints.restore(ckpt, student, optimizer)
+            self.counters = dict(self.counters, **saved["counters"])
+            resumed.append(size)
+        return resumed
+
+    # -- training ------------------------------------------------------------
+
+    def labelled_batch(self, frames: np.ndarray) -> tuple[dict, dict]:
+        """The students' (x, y) for `frames`, labelled by the teacher now."""
+        outputs, features = self._labeller.predict_on_batch(frames)
+        x = {"frames": frames, "game_id": np.zeros(len(frames), np.int32)}
+        y = {"teacher_outputs": np.asarray(outputs, np.float32)}
+        if "teacher_features" in self.objective.fields:
+            y["teacher_features"] = np.asarray(features, np.float32)
+        return x, y
+
+    def on_record(self, agent, record, writer=None) -> int:
+        """After a teacher iteration: the student steps its gradient steps pay for.
+
+        Returns:
+          The gradient steps each student took.
+        """
+        c = self.config
+        self.counters["credit"] += record.num_gradient_steps * c.steps_per_update
+        n = int(math.floor(self.counters["credit"]))
+        if n < 1:
+            return 0
+        t0 = time.perf_counter()
+        done, losses = 0, {size: [] for size in self.students}
+        for _ in range(n):
+            frames = agent.experience(c.batch_size, self.rng)
+            if frames is None:  # Nothing to sample yet: the credit is dropped.
+                break
+            x, y = self.labelled_batch(frames)
+            for size, (student, _) in self.students.items():
+                loss = float(np.asarray(student.train_on_batch(x, y)).reshape(-1)[0])
+                if not math.isfinite(loss):
+                    raise distiller.TrainingError(
+                        f"the real-time {size} student's loss became {loss}: try a lower "
+                        "--distill_learning_rate")
+                losses[size].append(loss)
+            done += 1
+        self.counters["credit"] = 0.0 if done < n else self.counters["credit"] - n
+        self.counters["grad_steps"] += done
+        self.counters["distill_seconds"] += time.perf_counter() - t0
+        if writer is not None and done:
+            writer.scalars(record.num_env_frames, {
+                **{f"realtime/{size}/loss": float(np.mean(v)) for size, v in losses.items()},
+                "realtime/student_grad_steps": self.counters["grad_steps"],
+                "realtime/distill_seconds": self.counters["distill_seconds"]})
+        return done
+
+    # -- evaluation ----------------------------------------------------------
+
+    def evaluate(self, protocol: evaluation.EvalProtocol) -> dict[str, evaluation.Scores]:
+        """Every student's scores under `protocol`, acting by the teacher's rule."""
+        t0 = time.perf_counter()
+        out = {}
+        for size, (student, _) in self.students.items():
+            out[size] = evaluation.evaluate(
+                self.game, evaluation.predict_fn(student.policy_network(self.game)),
+                self.kind, self.spec, protocol, progress=False)
+        self.counters["eval_seconds"] += time.perf_counter() - t0
+        return out
+
+    def on_evaluation(self, frames: int, teacher_scores: evaluation.Scores,
+                      protocol: evaluation.EvalProtocol, wall_clock_s: float,
+                      writer=None) -> str:
+        """At a runner evaluation: evaluates the students, logs and reports.
+
+        Returns:
+          A one-line summary for the console.
+        """
+        scores = self.evaluate(protocol)
+        entry = {"frames": int(frames), "wall_clock_s": round(float(wall_clock_s), 1),
+                 "teacher": teacher_scores.to_dict(),
+                 "students": {size: s.to_dict() for size, s in scores.items()},
+                 "student_grad_steps": self.counters["grad_steps"],
+                 "distill_seconds": round(self.counters["distill_seconds"], 1),
+                 "student_eval_seconds": round(self.counters["eval_seconds"], 1)}
+        log = self.directory / "evaluations.jsonl"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        entries = [e for e in read_evaluations(log) if e["frames"] < frames] + [entry]
+        files.atomic_write_text(log, "".join(json.dumps(e) + "\n" for e in entries))
+        if writer is not None:
+            scalars = {}
+            for size, s in scores.items():
+                scalars[f"realtime/{size}/mean_return"] = s.mean
+                ci = s.interval()
+                if ci:
+                    (scalars[f"realtime/{size}/mean_return_ci_low"],
+                     scalars[f"realtime/{size}/mean_return_ci_high"]) = ci
+                pct = percent_of(s.mean, teacher_scores.mean)
+                if pct is not None:
+                    scalars[f"realtime/{size}/percent_of_teacher"] = pct
+            writer.scalars(frames, scalars)
+        self.write_report(entries)
+        return "students " + ", ".join(f"{size} {s.mean:.1f}" for size, s in scores.items())
+
+    def write_report(self, entries: list[dict]) -> None:
+        """`report.md` and `curves.png` from the evaluations so far."""
+        sizes = list(self.config.sizes)
+        files.atomic_write_text(self.directory / "report.md",
+                                report_markdown(entries, sizes, self.game))
+        plot_curves(self.directory.parent / "metrics.jsonl", sizes,
+                    self.directory / "curves.png")
+
+
+def percent_of(student: float, teacher: float) -> float | None:
+    """100 * student / teacher, or None where the teacher's score is not positive."""
+    return 100.0 * student / teacher if teacher > 0 else None
+
+
+def read_evaluations(path: str | os.PathLike) -> list[dict]:
+    """The entries of an `evaluations.jsonl` (none if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def first_reaching(entries: Sequence[dict], size: str, fraction: float,
+                   reference: float) -> dict | None:
+    """The first evaluation at which student `size` scored at least
+    `fraction` x `reference` (e.g. 0.9 x the final teacher's mean), or None."""
+    for e in entries:
+        s = e["students"].get(size)
+        if s is not None and s["mean"] >= fraction * reference:
+            return e
+    return None
+
+
+def report_markdown(entries: Sequence[dict], sizes: Sequence[str], game: str) -> str:
+    head = "| frames | wall-clock (min) | teacher | " + " | ".join(
+        f"{size} (% of teacher)" for size in sizes) + " |"
+    lines = [f"# Real-time distillation on {game}", "",
+             "Each row is an evaluation under the project's protocol (mean return over "
+             "its episodes); the % is of the teacher evaluated at the same moment.", "",
+             head, "|" + "---|" * (3 + len(sizes))]
+    for e in entries:
+        t = e["teacher"]["mean"]
+        cells = []
+        for size in sizes:
+            s = e["students"].get(size)
+            if s is None:
+                cells.append("-")
+                continue
+            pct = percent_of(s["mean"], t)
+            cells.append(f"{s['mean']:.1f}" + (f" ({pct:.0f} %)" if pct is not None else ""))
+        lines.append(f"| {e['frames']:,} | {e['wall_clock_s'] / 60:.1f} | {t:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(metrics_path: str | os.PathLike, sizes: Sequence[str],
+                path: str | os.PathLike) -> Path | None:
+    """The teacher's and the students' evaluation returns (students with their
+    95 % intervals) and the students' losses, against the teacher's frames."""
+    returns = ["eval/mean_return"] + [f"realtime/{s}/mean_return" for s in sizes]
+    return summaries.plot_curves(
+        metrics_path, path,
+        [("evaluation mean return", returns),
+         ("student loss", [f"realtime/{s}/loss" for s in sizes])],
+        "teacher's emulator frames", smoothing=0.6,
+        labels={"eval/mean_return": "teacher",
+                **{f"realtime/{s}/mean_return": f"student {s}" for s in sizes},
+                **{f"realtime/{s}/loss": s for s in sizes}},
+        intervals={f"realtime/{s}/mean_return": (f"realtime/{s}/mean_return_ci_low",
+                                                  f"realtime/{s}/mean_return_ci_high")
+                   for s in sizes})

@@ -1,0 +1,226 @@
+"""Real-time distillation (`multidistill.realtime`): students that distil while
+the teacher trains, on fake environments and evaluations."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from test_agents_loop import FakeAtari
+
+from multidistill import checkpoints, environments, evaluation, realtime, students
+from multidistill.agents import dqn, loop, ppo, runner
+
+SPEC = environments.Preprocessing()
+TINY = dict(conv_filters=(4, 8, 8), fc_units=16)
+# Iterations of 16 vector steps of 2 environments: 32 agent steps, 128 frames;
+# learning from agent step 40, one gradient step per 4 agent steps.
+CONFIG = runner.RunConfig(num_env_frames=768, eval_every_frames=256, eval_episodes=1,
+                          checkpoint_every_s=3600)
+
+
+def _agent(seed=0):
+    return dqn.DQN("pong", 6, SPEC, dqn.DQNConfig(
+        num_envs=2, rollout_length=16, replay_capacity=4_000, learning_starts=40, **TINY),
+        total_agent_steps=192, seed=seed)
+
+
+def _students(agent, directory, **kw):
+    config = realtime.RealtimeConfig(**dict(dict(sizes=("tiny", "net3")), **kw))
+    rt = realtime.RealtimeDistillation(config, "pong", 6, agent.kind, SPEC, directory)
+    rt.build(agent.teacher_model)
+    return rt
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """Fake environments; evaluations scoring each policy by its call count."""
+    scored = []
+
+    def make_vector_envs(game, spec, num_envs, num_threads=0, num_groups=0):
+        return [FakeAtari(lengths=(5, 7)[:num_envs])]
+
+    def evaluate(game, predict, kind, spec, protocol, progress=True, label=""):
+        assert predict(np.zeros((1,) + SPEC.observation_shape, np.uint8)).shape == (1, 6)
+        scored.append(float(len(scored) + 1))
+        return evaluation.Scores(returns=[scored[-1], scored[-1] + 2], lengths=[10, 10],
+                                 seconds=0.1)
+
+    monkeypatch.setattr(environments, "make_vector_envs", make_vector_envs)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    return scored
+
+
+def _weights(rt):
+    return {size: [np.asarray(w) for w in s.get_weights()] for size, (s, _) in
+            rt.students.items()}
+
+
+def test_students_step_with_the_teacher_are_evaluated_and_resume_with_it(tmp_path, fakes):
+    agent = _agent()
+    observe = agent.observe
+
+    def observe_then_signal(step):
+        if agent.agent_steps == 72:  # Within the third iteration.
+            os.kill(os.getpid(), signal.SIGTERM)
+        return observe(step)
+
+    agent.observe = observe_then_signal
+    rt = _students(agent, tmp_path / "ck" / "realtime")
+    initial = _weights(rt)
+    run = runner.Runner(agent, "dqn", "pong", SPEC, CONFIG, tmp_path / "t", tmp_path / "ck",
+                        companions=[rt])
+    assert run.train(progress=False) == "SIGTERM"
+    # One student step per teacher gradient step, on the teacher's replay.
+    assert agent.agent_steps == 96 and agent.gradient_steps == (96 - 40) // 4
+    assert rt.counters["grad_steps"] == agent.gradient_steps
+    for size, weights in _weights(rt).items():
+        assert any(not np.array_equal(a, b) for a, b in zip(weights, initial[size])), size
+    saved = _weights(rt)
+    state = checkpoints.read_state(tmp_path / "ck" / "realtime" / "tiny" / "checkpoint.npz")
+    assert state["counters"]["grad_steps"] == agent.gradient_steps and state["size"] == "tiny"
+    on_disk = students.load_student(tmp_path / "ck" / "realtime" / "net3" / "student.keras")
+    assert on_disk.games == ["pong"] and on_disk.head_units == 0
+    for a, b in zip(on_disk.get_weights(), saved["net3"]):
+        np.testing.assert_array_equal(a, b)
+    # The evaluation at 256 frames: the teacher, then each student.
+    entries = realtime.read_evaluations(tmp_path / "ck" / "realtime" / "evaluations.jsonl")
+    assert [e["frames"] for e in entries] == [256]
+    assert entries[0]["teacher"]["mean"] == 2.0
+    assert {s: v["mean"] for s, v in entries[0]["students"].items()} == {"tiny": 3.0,
+                                                                         "net3": 4.0}
+
+    # A new process: the same command resumes the students with their teacher.
+    agent2 = _agent()
+    rt2 = _students(agent2, tmp_path / "ck" / "realtime")
+    resumed = runner.Runner(agent2, "dqn", "pong", SPEC, CONFIG, tmp_path / "t",
+                            tmp_path / "ck", companions=[rt2])
+    assert resumed.restore() and agent2.agent_steps == 96
+    assert rt2.counters["grad_steps"] == agent.gradient_steps
+    for size, weights in _weights(rt2).items():
+        for a, b in zip(weights, saved[size]):
+            np.testing.assert_array_equal(a, b)
+    assert resumed.train(progress=False) == ""
+    # The replay memory is not checkpointed: learning starts again 40 agent steps in.
+    assert agent2.agent_steps == 192
+    assert rt2.counters["grad_steps"] == agent2.gradient_steps > 14
+    entries = realtime.read_evaluations(tmp_path / "ck" / "realtime" / "evaluations.jsonl")
+    assert [e["frames"] for e in entries] == [256, 512, 768]
+    assert entries[1]["teacher"]["mean"] == 5.0 and entries[1]["students"]["net3"]["mean"] == 7.0
+    report = (tmp_path / "ck" / "realtime" / "report.md").read_text()
+    assert "| 768 |" in report and "10.0 (125 %)" in report
+    assert (tmp_path / "ck" / "realtime" / "curves.png").exists()
+    rows = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "realtime/tiny/mean_return" in r]
+    assert [(r["step"], r["realtime/tiny/mean_return"], r["realtime/tiny/percent_of_teacher"])
+            for r in evals] == [(256, 3.0, 150.0), (512, 6.0, 120.0), (768, 9.0, 112.5)]
+    assert evals[0]["realtime/tiny/mean_return_ci_low"] == 2.0
+
+
+def test_credit_carries_fractions_and_is_dropped_without_experience(tmp_path):
+    agent = _agent()
+    rt = _students(agent, tmp_path, sizes=("tiny",), steps_per_update=0.5, batch_size=4)
+    record = loop.Record(agent_steps=0, num_env_frames=0, iteration_agent_steps=0, loss=0.0,
+                         num_gradient_steps=3, episodes=[], act_seconds=0, learn_seconds=0)
+    # An empty replay memory: nothing to distil on, the credit is not hoarded.
+    assert rt.on_record(agent, record) == 0 and rt.counters["credit"] == 0.0
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(4,) + SPEC.observation_shape).astype(np.uint8)
+    sampled = []
+
+    def experience(batch_size, generator):
+        sampled.append(batch_size)
+        return frames
+
+    agent.experience = experience
+    assert rt.on_record(agent, record) == 1 and rt.counters["credit"] == 0.5
+    assert rt.on_record(agent, record._replace(num_gradient_steps=1)) == 1
+    assert rt.counters["credit"] == 0.0 and rt.counters["grad_steps"] == 2
+    assert sampled == [4, 4]
+
+
+def test_labels_are_the_current_teachers_outputs_and_features(tmp_path):
+    agent = _agent()
+    rt = _students(agent, tmp_path, sizes=("tiny",), feature_beta=0.01)
+    frames = np.random.default_rng(1).integers(0, 255, size=(3,) + SPEC.observation_shape
+                                               ).astype(np.uint8)
+    x, y = rt.labelled_batch(frames)
+    np.testing.assert_allclose(y["teacher_outputs"], agent.net.predict_on_batch(frames),
+                               rtol=1e-5)
+    features = agent.net.get_layer("features")
+    import keras
+
+    expected = keras.Model(agent.net.inputs, features.output).predict_on_batch(frames)
+    np.testing.assert_allclose(y["teacher_features"], expected, rtol=1e-5)
+    assert list(x["game_id"]) == [0, 0, 0]
+    # The teacher moves on: so do the labels.
+    agent.net.get_layer("outputs").set_weights(
+        [w + 1.0 for w in agent.net.get_layer("outputs").get_weights()])
+    moved = rt.labelled_batch(frames)[1]["teacher_outputs"]
+    assert not np.allclose(moved, y["teacher_outputs"])
+    # Q-value teachers are sharpened with tau 0.01, as offline.
+    assert rt.objective.temperatures == (0.01,)
+
+
+def test_a_student_of_other_settings_is_refused(tmp_path):
+    agent = _agent()
+    _students(agent, tmp_path, sizes=("tiny",)).save()
+    with pytest.raises(checkpoints.CheckpointError, match="distilled with other settings"):
+        _students(agent, tmp_path, sizes=("tiny",), batch_size=8).restore()
+    # A size added later starts afresh; the saved one resumes.
+    assert _students(agent, tmp_path, sizes=("tiny", "net3")).restore() == ["tiny"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(sizes=()), "sizes must name at least one student size"),
+    (dict(sizes=("huge",)), "sizes must be among"),
+    (dict(sizes=("tiny", "tiny")), "sizes must not repeat"),
+    (dict(steps_per_update=0), "steps_per_update must be > 0, found 0"),
+    (dict(batch_size=0), "batch_size must be >= 1, found 0"),
+    (dict(policy_loss="hinge"), "policy_loss must be one of"),
+])
+def test_bad_settings_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        realtime.RealtimeConfig(**dict(dict(sizes=("tiny",)), **kw))
+
+
+def test_experience_of_each_agent():
+    agent = _agent()
+    rng = np.random.default_rng(0)
+    assert agent.experience(4, rng) is None  # Before the warm-up ends.
+    p = ppo.PPO("pong", 6, SPEC, ppo.PPOConfig(num_envs=2, rollout_length=4, **TINY),
+                total_agent_steps=100, seed=0)
+    assert p.experience(4, rng) is None
+    p._buffers["observations"][1, 0] = 7
+    p._buffers["valid"][1, 0] = True
+    out = p.experience(5, rng)
+    assert out.shape == (5,) + SPEC.observation_shape and (out == 7).all()
+
+
+def test_transfer_copies_the_trunk_only(tmp_path):
+    from multidistill import networks
+
+    student = networks.MultiTaskStudent(["qbert", "pong"], [6, 6], conv_filters=(4, 8, 8),
+                                        fc_units=16).build_for_inputs()
+    agent = _agent()
+    outputs = [np.asarray(w) for w in agent.net.get_layer("outputs").get_weights()]
+    run = runner.Runner(agent, "dqn", "boxing", SPEC, CONFIG, tmp_path, tmp_path / "ck")
+    assert run.start_from_trunk(student, "runs/x/student.keras") == 4
+    for name, theirs in zip(["conv0", "conv1", "conv2", "features"],
+                            students.trunk_layers(student)):
+        for a, b in zip(agent.net.get_layer(name).get_weights(), theirs.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    # The target network too (DQN bootstraps from it), the outputs stay fresh.
+    for a, b in zip(agent.learner.target_net.get_weights(), agent.net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(agent.net.get_layer("outputs").get_weights(), outputs):
+        np.testing.assert_array_equal(a, b)
+    assert agent.agent_steps == 0
+    assert run.training_card()["init_trunk_from"] == "runs/x/student.keras"
+    other = networks.MultiTaskStudent(["pong"], [6], conv_filters=(8, 8, 8),
+                                      fc_units=16).build_for_inputs()
+    with pytest.raises(ValueError, match="cannot copy the trunk"):
+        run.start_from_trunk(other)
