@@ -65,7 +65,8 @@ class DistillConfig:
       objective: what the student minimises (`objectives.Distillation`:
         policy loss, per-game temperatures, feature regression weight).
       student_size: named trunk size, see `networks.STUDENT_SIZES`.
-      head_units: hidden units of each game's head.
+      head_units: hidden units of each game's head (of the shared head with
+        `student_head="shared18"`); 0: none.
       learning_rate: Adam step size.
       num_grad_steps: gradient steps of the whole run.
       checkpoint_every_steps: gradient steps between checkpoints.
@@ -76,6 +77,10 @@ class DistillConfig:
         `networks.default_precision()`). Like the prefetch depth, an
         execution setting: a run may resume in the other precision (the
         weights and optimizer state are float32 in both).
+      student_head: the student's outputs (`networks.STUDENT_HEADS`):
+        "per_game", a head per game sized to its minimal action set, or
+        "shared18", Actor-Mimic's one 18-way head over ALE's full action
+        set with each game's other actions masked.
     """
 
     games: tuple[str, ...]
@@ -88,11 +93,15 @@ class DistillConfig:
     eval_every_steps: int = 500
     pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
     precision: str = "float32"
+    student_head: str = "per_game"
 
     def __post_init__(self):
         if self.precision not in networks.PRECISIONS:
             raise ValueError(f"precision must be one of {list(networks.PRECISIONS)}, "
                              f"found {self.precision!r}")
+        if self.student_head not in networks.STUDENT_HEADS:
+            raise ValueError(f"student_head must be one of {list(networks.STUDENT_HEADS)}, "
+                             f"found {self.student_head!r}")
         if len(self.objective.temperatures) != len(self.games):
             raise ValueError(f"temperatures has {len(self.objective.temperatures)} values "
                              f"for {len(self.games)} games")
@@ -120,6 +129,9 @@ class DistillConfig:
         for k in ("num_grad_steps", "checkpoint_every_steps", "eval_every_steps", "precision"):
             d.pop(k)
         d["pipeline"].pop("prefetch_batches")
+        # Runs from before the choice had a head per game: they stay resumable.
+        if d["student_head"] == "per_game":
+            d.pop("student_head")
         return d
 
 
@@ -128,7 +140,14 @@ def build_student(config: DistillConfig, num_actions: Sequence[int],
                   extra_config: dict | None = None):
     import keras
 
+    from multidistill import games as games_lib
+
     filters, fc = networks.STUDENT_SIZES[config.student_size]
+    ale_action_indices = None
+    if config.student_head == "shared18":  # Recorded in the student: it loads without ALE.
+        ale_action_indices = [
+            games_lib.get_game(g, spec.full_action_space).ale_action_indices
+            for g in config.games]
     keras.utils.set_random_seed(config.pipeline.seed)  # Same initial weights per seed.
     student = networks.MultiTaskStudent(
         games=config.games, num_actions=num_actions, feature_dims=feature_dims,
@@ -139,6 +158,8 @@ def build_student(config: DistillConfig, num_actions: Sequence[int],
         training_config=dict(config.to_dict(), **(extra_config or {})),
         precision=config.precision,
         objective=config.objective,
+        head=config.student_head,
+        ale_action_indices=ale_action_indices,
         name="multidistill_student",
     )
     student.build_for_inputs()

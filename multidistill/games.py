@@ -5,7 +5,9 @@ A game is named by its ALE ROM id in snake_case (`pong`, `qbert`, `freeway`,
 as aliases. Actions are always the game's *minimal* action set unless the
 preprocessing spec asks for the full 18-action set, so that action index `i`
 means the same thing to the environment, the teacher, the dataset and the
-student head of that game.
+student head of that game. `Game.ale_action_indices` places each of those
+actions in ALE's full action set (the masked 18-way student of Actor-Mimic
+outputs all 18 and keeps each game's own).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "zaxxon": (32.5, 9173.3),
 }
 
+# Size of ALE's full action set (`ale_py.Action`: NOOP, FIRE, UP, ... DOWNLEFTFIRE).
+NUM_ALE_ACTIONS = 18
+
 # ALE's ROM id for montezuma_revenge is `montezuma_revenge`; ids elsewhere
 # differ from the published names only in case and punctuation.
 _ALIASES = {"q*bert": "qbert", "montezumas_revenge": "montezuma_revenge"}
@@ -95,12 +100,17 @@ class Game:
         `full_action_space`).
       action_meanings: ALE names of those actions, in index order.
       rom_md5: checksum of the ROM file shipped in the ale-py wheel.
+      ale_action_indices: where those actions sit in ALE's full action set
+        (`ale_py.Action` values, 0 to NUM_ALE_ACTIONS - 1), in index order:
+        Pong's NOOP, FIRE, RIGHT, LEFT, RIGHTFIRE, LEFTFIRE are 0, 1, 3, 4,
+        11, 12.
     """
 
     name: str
     num_actions: int
     action_meanings: tuple[str, ...]
     rom_md5: str
+    ale_action_indices: tuple[int, ...]
 
     @property
     def random_score(self) -> float | None:
@@ -172,6 +182,7 @@ def get_game(name: str, full_action_space: bool = False) -> Game:
         num_actions=len(actions),
         action_meanings=tuple(a.name for a in actions),
         rom_md5=rom_md5,
+        ale_action_indices=tuple(int(a.value) for a in actions),
     )
 
 

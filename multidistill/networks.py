@@ -16,8 +16,12 @@ against 1,687,206 for a 6-action game): the smallest student of Sun & Fazli
 The multi-task student shares the trunk (convs + hidden layer) and has, per
 game, a `head_units` hidden layer (none when 0: the papers' layout, a
 single-game student is then the teacher's network at the student's size)
-and a linear output sized to that game's actions, plus a linear projection of the shared hidden layer onto the game's
-teacher features (Actor-Mimic feature regression).
+and a linear output sized to that game's actions, plus a linear projection
+of the shared hidden layer onto the game's teacher features (Actor-Mimic
+feature regression). With `head="shared18"` (Actor-Mimic's layout) the
+games share one head instead: one `head_units` layer and one linear output
+over ALE's full 18-action set, of which each game reads its own actions
+(the others masked).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import multidistill
+from multidistill import games as games_lib
 
 multidistill.import_keras_quietly()
 
@@ -53,6 +58,10 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 # Logit given to actions a game does not have, so that softmax gives them
 # (numerically) zero probability without producing NaNs.
 MASKED_LOGIT = -1e9
+
+# Output layouts of the student (`MultiTaskStudent.head`): a head per game,
+# or one head over ALE's full action set shared by every game.
+STUDENT_HEADS = ("per_game", "shared18")
 
 
 def default_precision(cpu_flags: str | None = None) -> str:
@@ -158,14 +167,16 @@ def build_teacher_network(
 
 @keras.saving.register_keras_serializable(package="multidistill")
 class MultiTaskStudent(keras.Model):
-    """One shared trunk, one hidden layer and output head per game.
+    """One shared trunk, one hidden layer and output head per game (or one
+    masked 18-way head shared by all games).
 
     Inputs: a dict with `frames` (B, stack, H, W) uint8 and `game_id` (B,)
     int32, the index of each sample's game in `games`.
 
     Outputs: a dict with
-      `logits`: (B, max_actions) the sample's game head; actions beyond that
-        game's count hold MASKED_LOGIT.
+      `logits`: (B, max_actions) the sample's game head, in the game's own
+        action order (its minimal set); actions beyond that game's count
+        hold MASKED_LOGIT.
       `features`: (B, max_feature_dim) the projection of the shared hidden
         layer for the sample's game; positions beyond that game's teacher
         feature size are zero.
@@ -190,6 +201,16 @@ class MultiTaskStudent(keras.Model):
         hidden layer onto its teacher's features (Actor-Mimic feature
         regression); without, `features` outputs zeros and no weights exist
         for them.
+      head: "per_game" (default): each game has its own `head_units` layer
+        and output. "shared18" (Actor-Mimic, Parisotto et al. 2016): the
+        games share one `head_units` layer (none when 0) and one output of
+        `games.NUM_ALE_ACTIONS` logits over ALE's full action set; a game's
+        logits are those at its `ale_action_indices`, so its softmax is the
+        18-way softmax with the actions it lacks masked out, and losses,
+        acting and everything downstream see the game's own action order.
+      ale_action_indices: with "shared18", per game, the full-set index of
+        each of its actions (`games.Game.ale_action_indices`); saved with
+        the student, which then loads without ALE. Not used by "per_game".
     """
 
     def __init__(
@@ -206,6 +227,8 @@ class MultiTaskStudent(keras.Model):
         training_config: dict[str, Any] | None = None,
         precision: str = "float32",
         objective=None,
+        head: str = "per_game",
+        ale_action_indices: Sequence[Sequence[int]] | None = None,
         **kwargs,
     ):
         # Students saved before objectives existed carry their loss settings;
@@ -236,6 +259,13 @@ class MultiTaskStudent(keras.Model):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, found {precision!r}")
         self.precision = precision
+        if head not in STUDENT_HEADS:
+            raise ValueError(f"head must be one of {list(STUDENT_HEADS)}, found {head!r}")
+        self.head = head
+        self.ale_action_indices = (None if ale_action_indices is None else
+                                   [[int(i) for i in a] for a in ale_action_indices])
+        if head == "shared18":
+            self._check_ale_action_indices()
 
         self.max_actions = max(self.num_actions)
         self.max_feature_dim = max(self.feature_dims + [1])
@@ -244,15 +274,22 @@ class MultiTaskStudent(keras.Model):
                                    dtype=precision)
         if self.head_units < 0:
             raise ValueError(f"head_units must be >= 0, found {self.head_units}")
+        per_game = head == "per_game"
         self.game_hidden = [
             layers.Dense(self.head_units, activation="relu", name=f"{g}_hidden",
                          dtype="float32")
             for g in self.games
-        ] if self.head_units else []
+        ] if self.head_units and per_game else []
         self.game_heads = [
             layers.Dense(a, name=f"{g}_logits", dtype="float32")
             for g, a in zip(self.games, self.num_actions)
-        ]
+        ] if per_game else []
+        # shared18: one head for all games (None with a head per game).
+        self.shared_head_hidden = layers.Dense(
+            self.head_units, activation="relu", name="shared18_hidden", dtype="float32",
+        ) if self.head_units and not per_game else None
+        self.shared_head = None if per_game else layers.Dense(
+            games_lib.NUM_ALE_ACTIONS, name="shared18_logits", dtype="float32")
         # Projections exist only when feature regression is on (no dead weights).
         self.feature_projections = [
             layers.Dense(max(f, 1), name=f"{g}_feature_projection", dtype="float32")
@@ -266,6 +303,25 @@ class MultiTaskStudent(keras.Model):
             [[1.0 if i < f else 0.0 for i in range(self.max_feature_dim)]
              for f in self.feature_dims]
         )
+        if not per_game:
+            # (games, max_actions) the full-set index of each game action; the
+            # padding (0) is gathered, then masked, so it gets no gradient.
+            self._ale_index = ops.convert_to_tensor(
+                [a + [0] * (self.max_actions - len(a)) for a in self.ale_action_indices],
+                dtype="int32")
+
+    def _check_ale_action_indices(self):
+        indices, n = self.ale_action_indices, games_lib.NUM_ALE_ACTIONS
+        if indices is None or len(indices) != len(self.games):
+            raise ValueError(
+                f"ale_action_indices: head 'shared18' needs, for each of the {len(self.games)} "
+                f"games {self.games}, its actions' indices in ALE's full action set "
+                f"(games.get_game(name).ale_action_indices), found {indices}")
+        for game, a, idx in zip(self.games, self.num_actions, indices):
+            if len(idx) != a or len(set(idx)) != a or not all(0 <= i < n for i in idx):
+                raise ValueError(
+                    f"ale_action_indices of {game}: expected {a} distinct indices in "
+                    f"[0, {n}) (one per action), found {idx}")
 
     # -- forward ----------------------------------------------------------
 
@@ -275,35 +331,51 @@ class MultiTaskStudent(keras.Model):
             x = layer(x)
         return x
 
+    def ale_logits(self, hidden):
+        """shared18: the shared head's logits over ALE's full action set, (B, 18)."""
+        if self.shared_head_hidden is not None:
+            hidden = self.shared_head_hidden(hidden)
+        return self.shared_head(hidden)
+
     def game_logits(self, hidden, game_index: int):
-        """Logits of one game's head, (B, num_actions[game_index])."""
+        """Logits of one game's head, (B, num_actions[game_index]), in the
+        game's action order."""
+        if self.head == "shared18":
+            index = ops.convert_to_tensor(self.ale_action_indices[game_index], dtype="int32")
+            return ops.take(self.ale_logits(hidden), index, axis=1)
         if self.game_hidden:
             hidden = self.game_hidden[game_index](hidden)
         return self.game_heads[game_index](hidden)
 
     def call(self, inputs):
         frames, game_id = inputs["frames"], inputs["game_id"]
+        game_id = ops.cast(game_id, "int32")
         hidden = self.shared_hidden(frames)
-        one_hot = ops.one_hot(ops.cast(game_id, "int32"), len(self.games))  # (B, G)
+        one_hot = ops.one_hot(game_id, len(self.games))  # (B, G)
         logits, features = 0.0, 0.0
-        for g in range(len(self.games)):
-            lg = self.game_logits(hidden, g)
-            pad = self.max_actions - self.num_actions[g]
-            if pad:
-                lg = ops.pad(lg, [[0, 0], [0, pad]], constant_values=MASKED_LOGIT)
-            logits = logits + one_hot[:, g : g + 1] * lg
-            if not self.feature_projections:
-                continue
+        if self.head == "shared18":
+            # Each sample reads its game's actions out of the 18-way output.
+            index = ops.take(self._ale_index, game_id, axis=0)  # (B, max_actions)
+            logits = ops.take_along_axis(self.ale_logits(hidden), index, axis=1)
+        else:
+            for g in range(len(self.games)):
+                lg = self.game_logits(hidden, g)
+                pad = self.max_actions - self.num_actions[g]
+                if pad:
+                    lg = ops.pad(lg, [[0, 0], [0, pad]], constant_values=MASKED_LOGIT)
+                logits = logits + one_hot[:, g : g + 1] * lg
+        for g in range(len(self.feature_projections)):
             ft = self.feature_projections[g](hidden)
             pad = self.max_feature_dim - ft.shape[-1]
             if pad:
                 ft = ops.pad(ft, [[0, 0], [0, pad]])
             features = features + one_hot[:, g : g + 1] * ft * self._feature_mask[g]
         # Masked actions get exactly MASKED_LOGIT (the one-hot sum above would
-        # otherwise leave 0 for a game whose head is shorter).
+        # otherwise leave 0 for a game whose head is shorter, the gather the
+        # padding's index).
         if not self.feature_projections:
             features = ops.zeros((ops.shape(hidden)[0], self.max_feature_dim))
-        action_mask = ops.take(self._action_mask, ops.cast(game_id, "int32"), axis=0)
+        action_mask = ops.take(self._action_mask, game_id, axis=0)
         logits = ops.where(action_mask > 0, logits, MASKED_LOGIT)
         return {"logits": logits, "features": features}
 
@@ -314,6 +386,25 @@ class MultiTaskStudent(keras.Model):
     def feature_mask(self, game_id):
         """(B, max_feature_dim) 1 where the sample's teacher has that feature."""
         return ops.take(self._feature_mask, ops.cast(game_id, "int32"), axis=0)
+
+    def head_weights(self, game: str) -> tuple[list | None, list]:
+        """One game's head as a teacher's layers (`students.head_network`):
+        the head layer's [kernel, bias] (None without one) and the outputs'
+        [kernel (units, A), bias (A,)] in the game's action order (shared18:
+        the 18-way output's columns at the game's indices), numpy arrays."""
+        import numpy as np
+
+        if game not in self.games:
+            raise ValueError(f"the student has no head for {game!r}: it has {self.games}")
+        g = self.games.index(game)
+        if self.head == "per_game":
+            hidden = self.game_hidden[g].get_weights() if self.game_hidden else None
+            return hidden, self.game_heads[g].get_weights()
+        hidden = (self.shared_head_hidden.get_weights()
+                  if self.shared_head_hidden is not None else None)
+        kernel, bias = self.shared_head.get_weights()
+        index = np.asarray(self.ale_action_indices[g])
+        return hidden, [kernel[:, index], bias[index]]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The attached objective's loss of a batch (`multidistill.objectives`)."""
@@ -354,6 +445,8 @@ class MultiTaskStudent(keras.Model):
             preprocessing=self.preprocessing,
             training_config=self.training_config,
             precision=self.precision,
+            head=self.head,
+            ale_action_indices=self.ale_action_indices,
         )
         return config
 

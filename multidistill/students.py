@@ -10,7 +10,8 @@ and no objective: it loads without knowing how it was trained).
     network (a new student for other games, a teacher network to fine-tune):
     transfer from a distilled trunk.
   * `export_head`: one game's head, with the trunk, as a standalone teacher
-    file plus card (`teachers.save_teacher`), so that a student can teach.
+    file plus card (`teachers.save_teacher`), so that a student can teach
+    (of a shared 18-way head, the game's actions' rows).
   * `head_predictor`: batched inference of one head, for acting.
 """
 
@@ -100,32 +101,36 @@ def copy_trunk(source, target) -> int:
 
 def head_network(student: networks.MultiTaskStudent, game: str):
     """A standalone float32 Keras network of one game: frames -> the head's
-    logits, its last hidden layer named `features` (a teacher's layout)."""
+    logits, its last hidden layer named `features` (a teacher's layout).
+
+    A shared 18-way head (`head="shared18"`) gives the game's rows of it:
+    its outputs are the student's logits of that game, in its action order.
+    """
     import keras
     from keras import layers
 
-    if game not in student.games:
-        raise ValueError(f"the student has no head for {game!r}: it has {student.games}")
-    g = student.games.index(game)
+    hidden_weights, output_weights = student.head_weights(game)  # Checks the game.
+    has_hidden = hidden_weights is not None
     frames = keras.Input(shape=tuple(student.observation_shape), dtype="uint8", name="frames")
     # Without a head layer, the trunk's hidden layer is the last one: `features`.
     trunk = networks.make_trunk(student.conv_filters, student.fc_units, prefix="",
-                                   hidden_name="hidden" if student.head_units else "features",
+                                   hidden_name="hidden" if has_hidden else "features",
                                    dtype="float32")
     x = frames
     for layer in trunk:
         x = layer(x)
-    if student.head_units:
+    if has_hidden:
         features = layers.Dense(student.head_units, activation="relu", name="features",
                                 dtype="float32")
         x = features(x)
-    outputs = layers.Dense(student.num_actions[g], name="outputs", dtype="float32")
+    outputs = layers.Dense(student.num_actions[student.games.index(game)], name="outputs",
+                           dtype="float32")
     model = keras.Model(frames, outputs(x), name=f"student_{game}")
     for a, b in zip(_weighted(student.trunk), _weighted(trunk)):
         b.set_weights(a.get_weights())
-    if student.head_units:
-        features.set_weights(student.game_hidden[g].get_weights())
-    outputs.set_weights(student.game_heads[g].get_weights())
+    if has_hidden:
+        features.set_weights(hidden_weights)
+    outputs.set_weights(output_weights)
     return model
 
 

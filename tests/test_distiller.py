@@ -134,6 +134,28 @@ def test_run_dir_of_another_run_is_refused(tmp_path, datasets_dir, spec):
 
 
 @pytest.mark.slow
+def test_a_shared18_run_trains_saves_and_refuses_the_other_head(tmp_path, datasets_dir, spec):
+    d = _distiller(tmp_path / "run", datasets_dir, spec,
+                   _config(num_grad_steps=10, student_head="shared18"))
+    kernel0 = d.student.shared_head.get_weights()[0]
+    d.train(progress=False)
+    x, _ = d.source.holdout(1)
+    trained = np.asarray(d.student.predict_on_batch(x)["logits"])
+    kernel1 = d.student.shared_head.get_weights()[0]
+    d.close()
+    # Only the actions Pong or Freeway have were trained.
+    unused = [6, 7, 8, 9, 10, 13, 14, 15, 16, 17]
+    np.testing.assert_array_equal(kernel1[:, unused], kernel0[:, unused])
+    assert not np.array_equal(kernel1, kernel0)
+    student = students.load_student(tmp_path / "run" / "student.keras")
+    assert student.head == "shared18"
+    np.testing.assert_allclose(np.asarray(student.predict_on_batch(x)["logits"]), trained,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(distiller.TrainingError, match=r"differs in: config\)"):
+        _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=12))
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, datasets_dir, spec):
     d = _distiller(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=10))
     d.train(progress=False)
@@ -170,6 +192,29 @@ def test_config_validation():
     identity = _config(num_grad_steps=5, precision="mixed_bfloat16").identity()
     assert identity == _config(num_grad_steps=7).identity()  # Budget and precision aside.
     assert identity != _config(loss="mse").identity()
+    with pytest.raises(ValueError, match=r"student_head must be one of \['per_game', "
+                                         r"'shared18'\], found 'shared'"):
+        _config(student_head="shared")
+
+
+def test_the_student_head_is_part_of_a_runs_identity():
+    per_game, shared18 = _config().identity(), _config(student_head="shared18").identity()
+    assert shared18["student_head"] == "shared18" and shared18 != per_game
+    # Runs from before the choice (a head per game) resume unchanged.
+    assert "student_head" not in per_game
+    assert _config().to_dict()["student_head"] == "per_game"
+
+
+def test_build_student_with_a_shared_18_way_head(spec):
+    config = _config(student_head="shared18", feature_beta=0.01)
+    student, _ = distiller.build_student(config, [6, 3], [16, 8], spec)
+    assert student.head == "shared18" and student.game_heads == []
+    # From ALE's action sets, recorded in the student (it loads without ALE).
+    assert student.ale_action_indices == [[0, 1, 3, 4, 11, 12], [0, 2, 5]]
+    assert student.get_config()["ale_action_indices"] == student.ale_action_indices
+    assert student.training_config["student_head"] == "shared18"
+    assert student.feature_projections_enabled
+    assert distiller.build_student(_config(), [6, 3], [16, 8], spec)[0].head == "per_game"
 
 
 @pytest.mark.slow

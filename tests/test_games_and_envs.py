@@ -15,6 +15,30 @@ def test_known_games_and_minimal_action_sets():
     assert games.get_game("pong", full_action_space=True).num_actions == 18
 
 
+@pytest.mark.parametrize("game, expected", [
+    ("pong", (0, 1, 3, 4, 11, 12)),  # NOOP FIRE RIGHT LEFT RIGHTFIRE LEFTFIRE
+    ("qbert", (0, 1, 2, 3, 4, 5)),  # NOOP FIRE UP RIGHT LEFT DOWN
+    ("freeway", (0, 2, 5)),  # NOOP UP DOWN
+])
+def test_minimal_actions_map_into_the_full_action_set_by_ale_meanings(game, expected):
+    from ale_py.env import AtariEnv
+
+    minimal, full = AtariEnv(game=game), AtariEnv(game=game, full_action_space=True)
+    try:
+        minimal_meanings, full_meanings = (minimal.get_action_meanings(),
+                                           full.get_action_meanings())
+    finally:
+        minimal.close()
+        full.close()
+    info = games.get_game(game)
+    assert len(full_meanings) == games.NUM_ALE_ACTIONS
+    assert info.ale_action_indices == expected
+    assert info.action_meanings == tuple(minimal_meanings)
+    assert [full_meanings[i] for i in info.ale_action_indices] == minimal_meanings
+    # With the full action space, action i is ALE's action i.
+    assert games.get_game(game, full_action_space=True).ale_action_indices == tuple(range(18))
+
+
 def test_unknown_game_lists_valid_names():
     with pytest.raises(ValueError, match="unknown game 'pongg'.*freeway.*pong.*qbert"):
         games.get_game("pongg")

@@ -202,3 +202,138 @@ def test_default_precision_follows_the_cpu_flags():
     assert networks.default_precision("fpu amx_tile amx_bf16") == native
     assert networks.default_precision("fpu sse avx2 avx512f fma") == "float32"
     assert networks.default_precision("") == "float32"
+
+
+# -- the masked 18-way head (Actor-Mimic) --------------------------------------
+
+# Pong's and Freeway's minimal action sets in ALE's full action set
+# (games.Game.ale_action_indices; tests/test_games_and_envs.py checks them).
+PONG_FREEWAY_ALE = [[0, 1, 3, 4, 11, 12], [0, 2, 5]]
+
+
+def _shared18(**kw):
+    kw = {"head_units": 8, **kw}
+    s = networks.MultiTaskStudent(
+        games=["pong", "freeway"], num_actions=[6, 3], feature_dims=[16, 8],
+        conv_filters=(4, 4, 4), fc_units=32, head="shared18",
+        ale_action_indices=PONG_FREEWAY_ALE, **kw)
+    return s.build_for_inputs()
+
+
+def test_shared18_logits_are_the_18_way_outputs_at_each_games_actions():
+    s = _shared18()
+    assert s.game_heads == [] and s.game_hidden == []
+    x = _batch()
+    logits = np.asarray(s(x)["logits"])
+    full = np.asarray(s.ale_logits(s.shared_hidden(x["frames"])))
+    assert full.shape == (4, 18)
+    for i, g in enumerate(x["game_id"]):
+        index = PONG_FREEWAY_ALE[g]
+        np.testing.assert_allclose(logits[i, :len(index)], full[i, index], rtol=1e-6)
+        assert (logits[i, len(index):] == networks.MASKED_LOGIT).all()
+        # The game's softmax is the 18-way softmax with its other actions masked.
+        masked = np.full(18, -np.inf)
+        masked[index] = full[i, index]
+        p18 = np.exp(masked - full[i, index].max())
+        p = np.exp(logits[i] - logits[i].max())
+        np.testing.assert_allclose(p[:len(index)] / p.sum(), p18[index] / p18.sum(),
+                                   rtol=1e-5)
+    # Acting sees the same logits in the game's action order.
+    np.testing.assert_allclose(np.asarray(s.policy_network("freeway")(x["frames"])),
+                               full[:, PONG_FREEWAY_ALE[1]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(s.policy_network("pong")(x["frames"])),
+                               full[:, PONG_FREEWAY_ALE[0]], rtol=1e-5, atol=1e-6)
+    # One shared head: a head layer of 8 and 18 outputs, whatever the games.
+    per_game = _student()
+    assert s.count_params() - per_game.count_params() == (
+        (8 * 18 + 18) - (32 * 8 + 8) - (8 * 6 + 6) - (8 * 3 + 3))
+
+
+def test_shared18_without_head_layer_reads_the_shared_hidden_layer():
+    s = _shared18(head_units=0)
+    assert s.shared_head_hidden is None
+    x = _batch()
+    hidden = s.shared_hidden(x["frames"])
+    expected = np.asarray(s.shared_head(hidden))[:, PONG_FREEWAY_ALE[1]]
+    np.testing.assert_allclose(np.asarray(s(x)["logits"])[[1, 3], :3], expected[[1, 3]],
+                               rtol=1e-5)
+    kernel, bias = s.shared_head.get_weights()
+    assert kernel.shape == (32, 18) and bias.shape == (18,)
+
+
+def test_shared18_trains_only_the_outputs_of_the_games_actions():
+    """A KL step moves the 18-way kernel and bias columns of the actions some
+    game has, and leaves those of the actions no game has (their gradient is
+    zero: gathered out, then masked)."""
+    import keras
+
+    s = _shared18(feature_projections=True,
+                  objective=objectives.Distillation(temperatures=(1.0, 1.0), feature_beta=0.1))
+    s.compile(optimizer=keras.optimizers.Adam(1e-2))
+    kernel0, bias0 = s.shared_head.get_weights()
+    trunk0 = np.asarray(s.trunk[-1].kernel)
+    rng = np.random.default_rng(2)
+    y = {"teacher_outputs": rng.normal(size=(4, 6)).astype(np.float32),
+         "teacher_features": rng.normal(size=(4, 16)).astype(np.float32)}
+    s.train_on_batch(_batch(), y)
+    kernel1, bias1 = s.shared_head.get_weights()
+    used = sorted(set(PONG_FREEWAY_ALE[0]) | set(PONG_FREEWAY_ALE[1]))
+    unused = [a for a in range(18) if a not in used]
+    assert unused == [6, 7, 8, 9, 10, 13, 14, 15, 16, 17]
+    np.testing.assert_array_equal(kernel1[:, unused], kernel0[:, unused])
+    np.testing.assert_array_equal(bias1[unused], bias0[unused])
+    assert (np.abs(kernel1[:, used] - kernel0[:, used]).max(axis=0) > 0).all()
+    assert (bias1[used] != bias0[used]).all()
+    assert not np.array_equal(np.asarray(s.trunk[-1].kernel), trunk0)
+
+
+def test_shared18_save_and_load_round_trip_without_ale(tmp_path):
+    import keras
+
+    s = _shared18(feature_projections=True, precision="mixed_bfloat16")
+    assert s.shared_head.compute_dtype == s.shared_head_hidden.compute_dtype == "float32"
+    config = s.get_config()
+    assert config["head"] == "shared18" and config["ale_action_indices"] == PONG_FREEWAY_ALE
+    path = tmp_path / "student.keras"
+    s.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert loaded.head == "shared18" and loaded.ale_action_indices == PONG_FREEWAY_ALE
+    x = _batch()
+    for key in ("logits", "features"):
+        np.testing.assert_array_equal(np.asarray(s(x)[key]), np.asarray(loaded(x)[key]))
+
+
+def test_per_game_configs_of_before_the_choice_load_unchanged():
+    s = _student(feature_projections=True)
+    config = s.get_config()
+    assert config["head"] == "per_game" and config["ale_action_indices"] is None
+    del config["head"], config["ale_action_indices"]  # A file saved before shared18.
+    old = networks.MultiTaskStudent.from_config(config).build_for_inputs()
+    assert old.head == "per_game" and old.shared_head is None
+    assert [w.path for w in old.weights] == [w.path for w in s.weights]
+    old.set_weights(s.get_weights())
+    x = _batch()
+    np.testing.assert_array_equal(np.asarray(old(x)["logits"]), np.asarray(s(x)["logits"]))
+
+
+def test_shared18_settings_are_checked():
+    def student(head="shared18", indices=PONG_FREEWAY_ALE):
+        return networks.MultiTaskStudent(["pong", "freeway"], [6, 3], head=head,
+                                         ale_action_indices=indices)
+
+    with pytest.raises(ValueError, match=r"head must be one of \['per_game', 'shared18'\], "
+                                         "found 'shared'"):
+        student(head="shared")
+    with pytest.raises(ValueError, match="ale_action_indices: head 'shared18' needs"):
+        student(indices=None)
+    with pytest.raises(ValueError, match="ale_action_indices: head 'shared18' needs"):
+        student(indices=PONG_FREEWAY_ALE[:1])
+    with pytest.raises(ValueError, match=r"ale_action_indices of freeway: expected 3 distinct "
+                                         r"indices in \[0, 18\).*found \[0, 2\]"):
+        student(indices=[PONG_FREEWAY_ALE[0], [0, 2]])
+    with pytest.raises(ValueError, match="ale_action_indices of freeway.*found \\[0, 2, 18\\]"):
+        student(indices=[PONG_FREEWAY_ALE[0], [0, 2, 18]])
+    with pytest.raises(ValueError, match="ale_action_indices of pong.*found \\[0, 0, 3"):
+        student(indices=[[0, 0, 3, 4, 11, 12], [0, 2, 5]])
+    # A head per game has no use for them.
+    assert student(head="per_game", indices=None).shared_head is None

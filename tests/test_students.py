@@ -190,3 +190,55 @@ def test_export_head_of_a_student_without_head_layer(tmp_path, spec):
                                atol=1e-5)
     # Its features are the trunk's hidden layer.
     assert t.feature_dim == 16
+
+
+def _shared18_student(spec, head_units=8):
+    from multidistill import games
+
+    s = networks.MultiTaskStudent(
+        games=["pong", "freeway"], num_actions=[6, 3], feature_dims=[5, 5],
+        conv_filters=(4, 4, 4), fc_units=16, head_units=head_units, head="shared18",
+        ale_action_indices=[games.get_game(g).ale_action_indices for g in ("pong", "freeway")],
+        observation_shape=spec.observation_shape, preprocessing=spec.to_dict(),
+        training_config={"teacher_kinds": ["q_values", "logits"]}, feature_projections=True)
+    return s.build_for_inputs()
+
+
+def test_shared18_student_saves_loads_and_exports_each_games_rows(tmp_path, spec):
+    student = _shared18_student(spec)
+    path = students.save_student(student, tmp_path / "student.keras")
+    loaded = students.load_student(path)
+    assert loaded.head == "shared18" and loaded.ale_action_indices == [[0, 1, 3, 4, 11, 12],
+                                                                      [0, 2, 5]]
+    x = _x()
+    np.testing.assert_array_equal(np.asarray(loaded(x)["logits"]),
+                                  np.asarray(student(x)["logits"]))
+    frames = _frames(6)
+    for game, kind, num_actions in (("pong", "q_values", 6), ("freeway", "logits", 3)):
+        students.export_head(loaded, game, tmp_path / "teachers")
+        t = teachers.load_teacher(game, tmp_path / "teachers", spec)
+        assert t.kind == kind and t.num_actions == num_actions and t.feature_dim == 8
+        labels = t.label(frames)
+        np.testing.assert_allclose(labels["outputs"],
+                                   np.asarray(student.policy_network(game)(frames)),
+                                   rtol=1e-5, atol=1e-5)
+        # Its features are the shared head layer.
+        hidden = student.shared_head_hidden(student.shared_hidden(frames))
+        np.testing.assert_allclose(labels["features"], np.asarray(hidden), rtol=1e-5,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="no head for 'qbert'"):
+        students.export_head(student, "qbert", tmp_path)
+
+
+def test_export_head_of_a_shared18_student_without_head_layer(tmp_path, spec):
+    student = _shared18_student(spec, head_units=0)
+    model = students.head_network(student, "pong")
+    assert model.get_layer("features").units == 16  # The trunk's hidden layer.
+    frames = _frames(3)
+    np.testing.assert_allclose(np.asarray(model(frames)),
+                               np.asarray(student.policy_network("pong")(frames)), rtol=1e-5,
+                               atol=1e-5)
+    kernel, bias = model.get_layer("outputs").get_weights()
+    full_kernel, full_bias = student.shared_head.get_weights()
+    np.testing.assert_array_equal(kernel, full_kernel[:, [0, 1, 3, 4, 11, 12]])
+    np.testing.assert_array_equal(bias, full_bias[[0, 1, 3, 4, 11, 12]])
