@@ -219,7 +219,8 @@ def define_distill_flags():
         pipeline.PipelineConfig()
     flags.DEFINE_string("run_dir", None,
                         "Run directory (default runs/<games>_<loss>_<student_size>_<preset>"
-                        "_seed<seed>); an existing one is resumed.")
+                        "_seed<seed>, with _shared18 after <student_size> for "
+                        "--student_head=shared18); an existing one is resumed.")
     flags.DEFINE_enum("loss", o.policy_loss, sorted(losses.POLICY_LOSSES),
                       "Policy loss: kl (temperature-sharpened KL, Rusu et al.), nll (teacher's "
                       "argmax action) or mse (regress teacher outputs).")
@@ -243,8 +244,15 @@ def define_distill_flags():
                       "its optimum is the teacher) or as the cross-entropies of the paper as "
                       "read (which also reward short episodes; see benchmarks/dpd_tabular.md).")
     flags.DEFINE_enum("student_size", d.student_size, list(networks.STUDENT_SIZES),
-                      "Student trunk: dqn (32/64/64 conv, 512 hidden) or Rusu's compressed "
-                      "net1/net2/net3.")
+                      "Student trunk: dqn (32/64/64 conv, 512 hidden), Rusu's compressed "
+                      "net1/net2/net3 (about 25 %, 7 % and 4 % of the DQN's parameters) or "
+                      "tiny (8/8/8 conv, 64 hidden: 1.7 %, Sun & Fazli's smallest).")
+    flags.DEFINE_enum("student_head", d.student_head, list(networks.STUDENT_HEADS),
+                      "Student outputs: per_game (the default) gives each game its own head "
+                      "over its minimal action set; shared18 gives all games one shared head "
+                      "with 18 outputs over ALE's full action set, each game's invalid "
+                      "actions masked (Actor-Mimic, Parisotto et al.). A run resumes only "
+                      "with the head it started with.")
     flags.DEFINE_enum("precision", "auto", ["auto", *networks.PRECISIONS],
                       "Student arithmetic: float32, or mixed_bfloat16 (trunk computed in "
                       "bfloat16 on float32 weights; about 1.4x faster training on CPUs with "
@@ -297,8 +305,8 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
     return _config_from_flags(lambda: distiller.DistillConfig(
         games=tuple(games),
         objective=objective(),
-        student_size=FLAGS.student_size, learning_rate=FLAGS.learning_rate,
-        num_grad_steps=FLAGS.num_grad_steps,
+        student_size=FLAGS.student_size, student_head=FLAGS.student_head,
+        learning_rate=FLAGS.learning_rate, num_grad_steps=FLAGS.num_grad_steps,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         eval_every_steps=FLAGS.eval_every_steps, precision=precision,
         pipeline=pipeline.PipelineConfig(

@@ -312,6 +312,22 @@ def test_rounds_and_update_rule_flags_map_to_configs(parse):
         "cross_entropy"
 
 
+def test_student_head_flag_maps_to_the_config(parse):
+    from absl import flags
+
+    from multidistill import distiller
+
+    cli = parse()
+    assert cli.FLAGS.student_head == "per_game" == distiller.DistillConfig(()).student_head
+    cli = parse("--student_head=shared18")
+    assert cli.distill_config_from_flags(["pong"], ["q_values"]).student_head == "shared18"
+    assert "shared18" in cli.FLAGS["student_head"].help
+    assert "per_game (the default)" in cli.FLAGS["student_head"].help
+    with pytest.raises(flags.IllegalFlagValueError,
+                       match=r"student_head.*should be one of <per_game\|shared18>"):
+        parse("--student_head=shared")
+
+
 def cli_names_match(update_rules):
     from multidistill import cli
 
