@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import REPO, SPEC_KW, run_cli
 
@@ -122,3 +123,54 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     assert f"resuming {tmp_path / 'ck' / 'checkpoint.npz'} at {steps * 4:,} frames" in out
     state = checkpoints.read_state(tmp_path / "ck" / "checkpoint.npz")
     assert state["algo_state"]["agent_steps"] == steps + 1024
+
+
+def test_realtime_students_ride_along_from_the_command_line(tmp_path):
+    rc, out = run_cli(_args(tmp_path, "pong", "--distill_into=tiny",
+                            "--distill_steps_per_update=0.25"))
+    assert rc == 0, out
+    assert f"real-time students tiny in {tmp_path / 'ck' / 'realtime'}" in out
+    from multidistill import realtime, students
+
+    student = students.load_student(tmp_path / "ck" / "realtime" / "tiny" / "student.keras")
+    assert student.games == ["pong"] and student.conv_filters == [8, 8, 8]
+    # PPO's one update of 16 minibatches pays for 4 student steps.
+    state = checkpoints.read_state(tmp_path / "ck" / "realtime" / "tiny" / "checkpoint.npz")
+    assert state["counters"]["grad_steps"] == 4
+    entries = realtime.read_evaluations(tmp_path / "ck" / "realtime" / "evaluations.jsonl")
+    assert [e["frames"] for e in entries] == [4128] and "tiny" in entries[0]["students"]
+    for extra, message in [
+            ("--distill_into=huge", "--distill_into must be among"),
+            ("--distill_steps_per_update=0", "--distill_steps_per_update must be > 0")]:
+        args = _args(tmp_path / "bad", "pong", extra)
+        if "huge" not in extra:
+            args.append("--distill_into=tiny")
+        rc, out = run_cli(args)
+        assert rc == 2 and message in out and "Traceback" not in out, (extra, out)
+
+
+def test_init_trunk_from_a_student(tmp_path):
+    from multidistill import networks, students
+
+    spec = environments.Preprocessing(**SPEC_KW)
+    student = networks.MultiTaskStudent(["pong", "qbert"], [6, 6],
+                                        observation_shape=spec.observation_shape,
+                                        preprocessing=spec.to_dict()).build_for_inputs()
+    path = students.save_student(student, tmp_path / "student.keras")
+    args = [a.replace("--algo=ppo", "--algo=dqn") for a in _args(tmp_path, "freeway")]
+    rc, out = run_cli(args + ["--num_env_frames=512", f"--init_trunk_from={path}"])
+    assert rc == 0, out
+    assert f"initialised the trunk (4 layers) from {path}" in out
+    t = teachers.load_teacher("freeway", tmp_path / "teachers", spec)
+    np.testing.assert_array_equal(t.model.get_layer("conv1").get_weights()[0],
+                                  student.get_layer("shared_conv1").get_weights()[0])
+    assert t.card["training"]["init_trunk_from"] == str(path)
+    small = networks.MultiTaskStudent(["pong"], [6], conv_filters=(8, 8, 8), fc_units=64)
+    small_path = students.save_student(small.build_for_inputs(), tmp_path / "small.keras")
+    for extra, message in [
+            (f"--init_trunk_from={small_path}", "cannot copy the trunk"),
+            (f"--init_trunk_from={tmp_path / 'none.keras'}", "--init_trunk_from: student file"),
+            ("--init_from_teacher", "--init_from_teacher and --init_trunk_from exclude")]:
+        more = [extra] if "trunk" in extra else [extra, f"--init_trunk_from={path}"]
+        rc, out = run_cli(_args(tmp_path / "other", "freeway") + more)
+        assert rc == 2 and message in out and "Traceback" not in out, (extra, out)
