@@ -20,47 +20,19 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from absl import flags
 
-from multidistill import (
-    cli,
-    collect,
-    datasets,
-    distiller,
-    evaluation,
-    pipeline,
-    rounds,
-    students,
-)
+from multidistill import cli, collect, evaluation, rounds, stages
 from multidistill import games as games_lib
-from multidistill import teachers as teachers_lib
 
 FLAGS = flags.FLAGS
 
-# Values of the presets; a flag given on the command line wins.
-PRESETS = {
-    "default": {},
-    "smoke": {
-        "num_agent_steps": 1500,
-        "num_envs": 2,
-        "num_grad_steps": 60,
-        "batch_size_per_game": 8,
-        "checkpoint_every_steps": 30,
-        "eval_every_steps": 30,
-        "eval_episodes": "1",
-        "eval_num_envs": 1,
-        "agent_steps_per_round": 300,
-        "grad_steps_per_round": 30,
-        "video_seconds": 2.0,
-        "student_size": "net3",
-        "datasets_dir": "datasets/smoke",
-    },
-}
+# Values of the presets (`stages.PRESETS`); a flag given on the command line wins.
+PRESETS = stages.PRESETS
 
 cli.define_collect_flags()
 cli.define_distill_flags()
@@ -82,23 +54,19 @@ def main(argv):
     del argv
     _apply_preset()
     t_start = time.perf_counter()
-    commit = _commit()  # The code this run starts with (the tree may change while it runs).
+    # The code this run starts with (the tree may change while it runs).
+    commit = stages.git_commit(Path(__file__).resolve().parent)
     game_names = games_lib.parse_games(FLAGS.games)
     spec = cli.preprocessing_from_flags()
     collect_config = cli.collect_config_from_flags()
     protocol = cli.eval_protocol_from_flags()
 
     # 1. Teachers (all checked before any long work starts).
-    teachers = {g: teachers_lib.load_teacher(g, FLAGS.teachers_dir, spec,
-                                             allow_unsafe=FLAGS.allow_unsafe_teacher)
-                for g in game_names}
+    teachers = stages.load_teachers(game_names, FLAGS.teachers_dir, spec,
+                                    allow_unsafe=FLAGS.allow_unsafe_teacher)
     kinds = [teachers[g].kind for g in game_names]
     config = cli.distill_config_from_flags(game_names, kinds)
-    if getattr(config.objective, "needs_teacher_value", False):
-        none = [g for g in game_names if teachers[g].value_source == "none"]
-        cli.require(not none, f"--update_rule={FLAGS.update_rule} needs each teacher's state "
-                              f"value; the teachers of {none} have none (a policy teacher "
-                              "exported without its critic): pick another rule or teacher")
+    stages.check_objective(config, teachers)
     rounds_config = cli.rounds_config_from_flags(_rounds())
     try:  # Before any long work: the cap must hold the teacher's data and a round.
         rounds_config.check_cap(FLAGS.num_agent_steps)
@@ -115,19 +83,12 @@ def main(argv):
           "per game")
     collect.check_existing(teachers, FLAGS.datasets_dir, spec, FLAGS.rebuild_datasets)
     behaviours = cli.behaviours_from_flags(teachers, collect_config)
-    summaries = {}
-    paths = [str(datasets.dataset_path(FLAGS.datasets_dir, g)) for g in game_names]
-    for g, path in zip(game_names, paths):
-        s = summaries[g] = collect.build_dataset(
-            teachers[g], path, collect_config, spec, behaviour=behaviours[g],
-            rebuild=FLAGS.rebuild_datasets)
-        if s.get("interrupted"):
-            print(f"{s['interrupted']}: stopped building {g} after whole episodes "
-                  f"({s['num_agent_steps']:,} steps kept in {path}); run the same command "
-                  "to resume", file=sys.stderr)
-            raise SystemExit(130)
-        print(f"  {g}: {s['num_agent_steps']:,} steps, {s['num_episodes']} episodes "
-              f"(+{s['added_agent_steps']:,})")
+    try:
+        paths, summaries = stages.build_datasets(teachers, FLAGS.datasets_dir, collect_config,
+                                                 spec, behaviours,
+                                                 rebuild=FLAGS.rebuild_datasets)
+    except stages.Interrupted as e:
+        _exit_interrupted(e)
 
     build_seconds = time.perf_counter() - t_start
 
@@ -160,16 +121,18 @@ def main(argv):
                          "run_train_seconds": rounds_summary["run_seconds"]}
         student_path = Path(rounds_summary["student"])
     else:
-        train_summary, student_path = _distil(run_dir, config, paths, spec, kinds)
+        try:
+            train_summary, student_path = stages.distil(run_dir, config, paths, spec, kinds)
+        except stages.Interrupted as e:
+            _exit_interrupted(e)
 
     # 4. Evaluation.
     episodes = ", ".join(f"{g} {protocol.episodes(g)}" for g in game_names)
     print(f"[3/3] evaluating, episodes per game and policy: {episodes}")
-    t_eval = time.perf_counter()
-    student = students.load_student(student_path)
-    report = evaluation.evaluate_run(
-        student, game_names, FLAGS.teachers_dir, spec, protocol,
-        evaluate_teachers=FLAGS.evaluate_teachers, out_dir=run_dir,
+    report = stages.evaluate_student(
+        student_path, run_dir, config, game_names, FLAGS.teachers_dir, spec, protocol,
+        grad_steps=train_summary["grad_steps"], t_start=t_start,
+        evaluate_teachers=FLAGS.evaluate_teachers,
         allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
         video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0,
         extra={"run_dir": str(run_dir), "preset": FLAGS.preset,
@@ -180,10 +143,6 @@ def main(argv):
                "timing": {"build_seconds": build_seconds,
                           "distill_seconds": train_summary["seconds"],
                           "run_distill_seconds": train_summary["run_train_seconds"]}})
-    distiller.record_evaluation(run_dir, config, report, train_summary["grad_steps"])
-    report["timing"].update(eval_seconds=time.perf_counter() - t_eval,
-                            total_seconds=time.perf_counter() - t_start)
-    evaluation.write_report(report, run_dir)  # Again, with the evaluation's time.
     print()
     print(evaluation.report_markdown(report))
     print(f"report: {run_dir / 'report.md'}, {run_dir / 'report.json'}; "
@@ -199,36 +158,10 @@ def _rounds() -> int:
     return 2 if FLAGS.preset == "smoke" else 4
 
 
-def _distil(run_dir, config, paths, spec, kinds):
-    """Offline distillation on the datasets (no rounds): (summary, student path)."""
-    source = pipeline.HDF5Source(paths, config.pipeline, fields=config.objective.fields,
-                                 max_episodes=distiller.data_prefix(run_dir))
-    try:
-        d = distiller.Distiller(run_dir, config, source, spec, teacher_kinds=kinds)
-    except BaseException:
-        source.close()
-        raise
-    try:
-        return d.train(), d.student_path
-    except KeyboardInterrupt:
-        print(f"interrupted at gradient step {d.grad_step}: checkpoint saved in {run_dir}; "
-              "run the same command to resume", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        d.close()
-
-
-def _commit() -> str | None:
-    """The code's git commit (with "+changes" if the tree differs), or None."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
-                             capture_output=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, text=True, capture_output=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+changes" if dirty.strip() else "")
+def _exit_interrupted(e: stages.Interrupted):
+    """A stage stopped on SIGINT or SIGTERM, its work saved: say so, exit 130."""
+    print(e, file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import multidistill
 
 PACKAGE = REPO / "multidistill"
 FRAMEWORKS = ("tensorflow", "keras", "jax")
-ENTRY_MODULES = {"cli.py", "build_datasets.py", "evaluate.py", "train_teacher.py", "compare.py"}
+ENTRY_MODULES = {"cli.py", "build_datasets.py", "evaluate.py", "train_teacher.py", "compare.py",
+                 "sweep.py"}
 
 
 def _python(code, timeout=300):
