@@ -224,3 +224,45 @@ def test_transfer_copies_the_trunk_only(tmp_path):
                                       fc_units=16).build_for_inputs()
     with pytest.raises(ValueError, match="cannot copy the trunk"):
         run.start_from_trunk(other)
+
+
+def test_realtime_comparison_against_hand_computed_times(tmp_path):
+    from benchmarks import realtime_compare
+
+    ck, teachers_dir = tmp_path / "ck", tmp_path / "teachers"
+    (ck / "realtime").mkdir(parents=True)
+    teachers_dir.mkdir()
+    buf = json.dumps({"run": {"wall_clock_s": 3000.0}, "algo_state": {"agent_steps": 250_000}})
+    np.savez(ck / "checkpoint.npz", __state__=np.frombuffer(buf.encode(), np.uint8))
+    (teachers_dir / "pong.json").write_text(json.dumps(
+        {"evaluation": {"mean": 10.0, "ci": [9.0, 11.0], "episodes": 30}}))
+
+    def entry(frames, seconds, teacher, tiny):
+        return {"frames": frames, "wall_clock_s": seconds, "teacher": {"mean": teacher},
+                "students": {"tiny": {"mean": tiny}}, "student_grad_steps": 100,
+                "distill_seconds": 400.0, "student_eval_seconds": 100.0}
+
+    (ck / "realtime" / "evaluations.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        entry(250_000, 1000.0, 5.0, 2.0), entry(500_000, 2000.0, 10.0, 9.5),
+        entry(1_000_000, 3000.0, 10.0, 10.0)]))
+    run = tmp_path / "ttd"
+    run.mkdir()
+    game = {"student": {"mean": 9.8, "ci": [9.0, 10.5]}, "student_percent_of_teacher": 98.0,
+            "student_percent_of_teacher_ci": [90.0, 105.0]}
+    (run / "report.json").write_text(json.dumps({
+        "games": {"pong": game}, "datasets": {"pong": {"num_agent_steps": 100_000}},
+        "timing": {"build_seconds": 200.0, "distill_seconds": 300.0}}))
+    result = realtime_compare.compare(ck, teachers_dir, "pong", {"tiny": str(run)}, {})
+    row = result["sizes"]["tiny"]
+    # 9.5 >= 0.9 x 10 first at 500,000 frames, 2,000 s into the run.
+    assert row["realtime"] == {"frames": 500_000, "wall_clock_s": 2000.0, "mean_return": 9.5}
+    # The teacher alone: 3,000 s less the students' 500 s; then 200 s + 300 s.
+    ttd = row["train_then_distill"]
+    assert ttd["wall_clock_s"] == 2500.0 + 200.0 + 300.0
+    assert ttd["frames"] == 1_000_000 + 400_000 and ttd["reached"]
+    assert row["ratio_wall_clock"] == 2000.0 / 3000.0
+    assert row["ratio_frames"] == 500_000 / 1_400_000
+    text = realtime_compare.markdown(result, "cmd")
+    assert "| tiny | 500,000 | 33.3 | 1,400,000 | 50.0 | 0.67 | 0.36 |" in text
+    assert "9.8 [9.0, 10.5] (98.0 [90.0, 105.0] %)" in text
+    assert realtime_compare.plot(result, tmp_path / "c.png").exists()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Real-time policy distillation against train-then-distill on Pong (README,
+# "Real-time distillation"; Sun & Fazli 2019 claim <= 0.5x the time).
+#
+#   real-time           a Double DQN teacher trains FRAMES frames from scratch
+#                       while students of 3.6 % (net3) and 1.7 % (tiny) of its
+#                       parameters distil from its replay, one student step per
+#                       teacher step; all are evaluated every 250,000 frames
+#   train-then-distill  the main job for pong alone on the teacher that run
+#                       shipped, with students of the same sizes
+#
+# Every command resumes (the teacher run from its checkpoint, the main job
+# from its run directory), so the script can be rerun after an interruption;
+# the last step writes benchmarks/realtime/comparison.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FRAMES=${FRAMES:-1500000}
+CK=${CK:-$HOME/.cache/multidistill/teacher_runs/pong_realtime}
+TEACHERS=${TEACHERS:-$HOME/.cache/multidistill/realtime_teachers}
+SIZES=(net3 tiny)
+python -m multidistill.train_teacher --game=pong --algo=dqn --num_env_frames="$FRAMES" \
+    --eval_every_frames=250000 --eval_episodes=8 --final_eval_episodes=30 \
+    --distill_into=net3,tiny --teachers_dir="$TEACHERS" --checkpoint_dir="$CK"
+for size in "${SIZES[@]}"; do
+    [ -f "runs/realtime_ttd_$size/report.json" ] || python train.py --games=pong \
+        --teachers_dir="$TEACHERS" --datasets_dir=datasets/realtime --student_size="$size" \
+        --run_dir="runs/realtime_ttd_$size" --eval_episodes=30 --novideos
+    [ -f "runs/realtime_rt_$size/report.json" ] || python -m multidistill.evaluate \
+        --student="$CK/realtime/$size/student.keras" --teachers_dir="$TEACHERS" \
+        --eval_episodes=30 --output_dir="runs/realtime_rt_$size" --novideos
+done
+python -m benchmarks.realtime_compare --checkpoint_dir="$CK" --teachers_dir="$TEACHERS" \
+    --ttd_runs=net3:runs/realtime_ttd_net3,tiny:runs/realtime_ttd_tiny \
+    --rt_reports=net3:runs/realtime_rt_net3,tiny:runs/realtime_rt_tiny \
+    --output_dir=benchmarks/realtime --from_script
