@@ -95,8 +95,9 @@ def main(argv):
     # 3. Distillation: the HDF5 source on the data the run started from.
     control = "" if rounds_config.control == "teacher" and not rounds_config.rounds else \
         f"_{rounds_config.control}"
+    head = "" if config.student_head == "per_game" else f"_{config.student_head}"
     run_dir = Path(FLAGS.run_dir or Path("runs") / (
-        f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}_{FLAGS.preset}"
+        f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}{head}_{FLAGS.preset}"
         f"{control}_seed{FLAGS.seed}"))
     print(f"[2/3] distilling into {run_dir} ({config.num_grad_steps:,} gradient steps of "
           f"{config.pipeline.batch_size_per_game * len(game_names)} samples, "
