@@ -17,8 +17,12 @@ The pipeline, one flat module per role, in the order data flows:
     networks       teacher and student Keras networks (forward pass only)
     distiller      training the multi-task student (checkpoints, resume)
     rounds         student-driven distillation: collection rounds, aggregation
+    realtime       real-time distillation: students trained alongside a
+                   training teacher, on its experience
     students       loading, saving, trunk transfer, exporting a head
     evaluation     student and teachers under one protocol, reports
+    stages         the main job's stages (teachers, datasets, distil, report)
+    sweep          one student per size on the same data: size/speed/score table
     agents/        teacher training: DQN, PPO, their loop and runner
 
 `import multidistill` and the modules that need no network

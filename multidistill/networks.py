@@ -478,3 +478,21 @@ def parameter_count(size: str, num_actions: int, head_units: int = 0,
                                head_units=head_units, observation_shape=observation_shape)
     student.build_for_inputs()
     return int(student.count_params())
+
+
+def sizes_markdown(num_actions: int = 6, head_units: int = 128) -> str:
+    """The named sizes as a Markdown table: layers, parameters of a one-game
+    network without and with a `head_units` head layer, share of the DQN.
+
+        python -c "from multidistill import networks; print(networks.sizes_markdown())"
+    """
+    teacher = parameter_count("dqn", num_actions)
+    lines = [f"| size | conv filters | hidden units | parameters ({num_actions} actions, "
+             f"no head layer) | share of the DQN | with a {head_units}-unit head layer |",
+             "|---|---|---|---|---|---|"]
+    for name, (filters, units) in STUDENT_SIZES.items():
+        n = parameter_count(name, num_actions)
+        lines.append(f"| `{name}` | {'/'.join(map(str, filters))} | {units} | {n:,} | "
+                     f"{100 * n / teacher:.2f} % | "
+                     f"{parameter_count(name, num_actions, head_units):,} |")
+    return "\n".join(lines) + "\n"

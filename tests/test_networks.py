@@ -124,6 +124,9 @@ def test_tiny_preset_is_the_hand_counted_1_7_percent_network():
         convs + hidden + (64 * 128 + 128) + (128 * 6 + 6))
     with pytest.raises(ValueError, match="size must be one of .* found 'huge'"):
         networks.parameter_count("huge", 6)
+    table = networks.sizes_markdown(6)
+    assert "| `tiny` | 8/8/8 | 64 | 29,214 | 1.73 % | 37,918 |" in table
+    assert "| `dqn` | 32/64/64 | 512 | 1,687,206 | 100.00 % |" in table
 
 
 def test_without_head_layer_the_logits_come_from_the_shared_hidden_layer():
