@@ -266,3 +266,29 @@ def test_realtime_comparison_against_hand_computed_times(tmp_path):
     assert "| tiny | 500,000 | 33.3 | 1,400,000 | 50.0 | 0.67 | 0.36 |" in text
     assert "9.8 [9.0, 10.5] (98.0 [90.0, 105.0] %)" in text
     assert realtime_compare.plot(result, tmp_path / "c.png").exists()
+
+
+def test_transfer_comparison_frames_to_threshold(tmp_path):
+    from benchmarks import transfer_compare
+
+    def run(name, values):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": 250_000 * (i + 1), "eval/mean_return": v}) + "\n"
+            for i, v in enumerate(values)) + json.dumps({"step": 1, "losses/loss": 0.1}) + "\n")
+        return str(d)
+
+    scratch = [run("s0", [0.0, 4.0, 8.0]), run("s1", [1.0, 2.0, 10.0])]
+    trunk = [run("t0", [6.0, 9.0, 12.0])]
+    result = transfer_compare.compare(scratch, trunk)
+    assert result["threshold"] == 5.0  # Half the best from scratch (10).
+    frames = {r["run"][-2:]: r["frames_to_threshold"] for rows in result["groups"].values()
+              for r in rows}
+    assert frames == {"s0": 750_000, "s1": 750_000, "t0": 250_000}
+    assert result["groups"]["trunk"][0]["mean_of_evaluations"] == 9.0
+    assert transfer_compare.compare(scratch, trunk, threshold=11.0)["groups"]["scratch"][0][
+        "frames_to_threshold"] is None
+    text = transfer_compare.markdown(result, "boxing", "cmd")
+    assert "| trunk | `t0` | 250,000 | 12.0 | 9.0 | 750,000 |" in text
+    assert transfer_compare.plot(result, "boxing", tmp_path / "t.png").exists()
