@@ -32,7 +32,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from multidistill import checkpoints, files, realtime
+from multidistill import checkpoints, files, realtime, summaries
 
 FLAGS = flags.FLAGS
 
@@ -176,10 +176,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        return files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return summaries.save_figure(fig, path)
 
 
 def main(argv):

@@ -97,10 +97,7 @@ def plot(result: dict, game: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        return files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return summaries.save_figure(fig, path)
 
 
 def main(argv):

@@ -110,6 +110,16 @@ def smooth(values, weight: float) -> list[float]:
     return out
 
 
+def save_figure(fig, out_png: str | os.PathLike) -> Path:
+    """Writes a matplotlib figure as a PNG (atomically) and closes it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return files.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
+
+
 def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
                 panels: list[tuple[str, list[str]]], xlabel: str,
                 labels: dict[str, str] | None = None, smoothing: float = 0.0,
@@ -159,10 +169,7 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        return files.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, out_png)
 
 
 def plot_percent_of_teacher(reports: dict[str, dict], out_png: str | os.PathLike
@@ -224,7 +231,4 @@ def plot_percent_of_teacher(reports: dict[str, dict], out_png: str | os.PathLike
     if n > 1:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    try:
-        return files.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, out_png)

@@ -62,6 +62,7 @@ from multidistill import (
     networks,
     stages,
     students,
+    summaries,
 )
 from multidistill import games as games_lib
 
@@ -503,10 +504,7 @@ def plot_sweep(summary: dict, out_png: str | os.PathLike) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        return files.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return summaries.save_figure(fig, out_png)
 
 
 def sweep_summary(rows: list[dict], games: Sequence[str], out_dir: str | os.PathLike,
