@@ -253,19 +253,59 @@ def observation_frame(screen: np.ndarray, spec: environments.Preprocessing) -> n
     """What the protocol environment makes of an RGB screen: (H, W) uint8.
 
     ALE's grayscale (ITU-R 601 luma, rounded), then an area-average resize
-    to the spec's frame size. Reproduces the observation's newest frame to
-    within a grey level or so (max-pooling RGB differs a little from
-    max-pooling grayscale where sprites flicker).
+    to the spec's frame size (`area_resize`, what ALE's OpenCV INTER_AREA
+    does). Reproduces the observation's newest frame to within a grey level
+    or so (max-pooling RGB differs a little from max-pooling grayscale where
+    sprites flicker).
 
     Args:
       screen: (210, 160, 3) uint8 RGB.
       spec: the preprocessing.
     """
-    import cv2
-
     luma = np.round(screen.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-    return cv2.resize(luma.astype(np.uint8), (spec.frame_width, spec.frame_height),
-                      interpolation=cv2.INTER_AREA)
+    return area_resize(luma.astype(np.uint8), spec.frame_height, spec.frame_width)
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Shrinks a grey image by averaging areas: (h, w) uint8 -> (height, width) uint8.
+
+    Output pixel (i, j) covers the source rectangle [i*sy, (i+1)*sy) x
+    [j*sx, (j+1)*sx), sy = h/height, sx = w/width, in source pixel units;
+    its value is the mean of the source over that rectangle, each source
+    pixel weighted by the area it shares with it (whole pixels inside, a
+    fraction at the edges), rounded half to even. This is OpenCV's
+    INTER_AREA for shrinking (within a grey level: OpenCV sums in float32),
+    without depending on OpenCV for one resize.
+
+    Args:
+      image: (h, w) uint8, h >= height, w >= width.
+      height, width: output size, pixels.
+
+    Raises:
+      ValueError: an image that is not 2-D, or an output larger than it.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2 or not (1 <= height <= image.shape[0] and 1 <= width <= image.shape[1]):
+        raise ValueError(f"area_resize shrinks a 2-D image: expected (h, w) with h >= {height} "
+                         f"and w >= {width}, found shape {image.shape}")
+    rows = _area_weights(image.shape[0], height)
+    cols = _area_weights(image.shape[1], width)
+    out = rows @ image.astype(np.float64) @ cols.T
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _area_weights(source: int, size: int) -> np.ndarray:
+    """(size, source) float64: row k is each source pixel's share of output
+    pixel k, the length of [s, s+1) inside [k*scale, (k+1)*scale) over
+    scale = source/size; every row sums to 1."""
+    scale = source / size
+    starts = np.arange(size)[:, None] * scale
+    pixels = np.arange(source)[None, :]
+    overlap = np.minimum(starts + scale, pixels + 1) - np.maximum(starts, pixels)
+    weights = np.clip(overlap, 0.0, None) / scale
+    weights.flags.writeable = False  # Cached: shared by every call.
+    return weights
 
 
 def _check_sync(spec: environments.Preprocessing, observation: np.ndarray, screen: np.ndarray,

@@ -313,3 +313,41 @@ def test_palette_keeps_the_exact_colours():
     table = np.array(images[0].getpalette()[:3 * len(palette.colours)], np.uint8).reshape(-1, 3)
     for frame, idx in zip(frames, indices):
         assert np.array_equal(table[idx], frame)
+
+
+# -- the area resize (what ALE does to the screen, without OpenCV) ----------------
+
+
+def test_area_resize_matches_a_hand_computation():
+    # 5 rows -> 2 (scale 2.5): rows 0,1 whole and half of row 2 -> weights .4 .4 .2, then
+    # .2 .4 .4; 4 columns -> 2 (scale 2): pairs averaged.
+    image = np.array([[0, 20, 100, 110],
+                      [0, 20, 100, 110],
+                      [50, 70, 200, 210],
+                      [10, 30, 20, 30],
+                      [30, 50, 40, 50]], np.uint8)
+    # Column pairs: (10, 105) (10, 105) (60, 205) (20, 25) (40, 45), then
+    # .4*10 + .4*10 + .2*60 = 20, .4*105 + .4*105 + .2*205 = 125,
+    # .2*60 + .4*20 + .4*40 = 36, .2*205 + .4*25 + .4*45 = 69.
+    assert videos.area_resize(image, 2, 2).tolist() == [[20, 125], [36, 69]]
+    # 3 columns -> 2 (scale 1.5): weights 2/3 1/3 0 and 0 1/3 2/3: 1 and 1 + 170.
+    assert videos.area_resize(np.array([[0, 3, 255]], np.uint8), 1, 2).tolist() == [[1, 171]]
+    # A constant image stays constant; the same size is the identity.
+    assert (videos.area_resize(np.full((210, 160), 77, np.uint8), 84, 84) == 77).all()
+    assert np.array_equal(videos.area_resize(image, 5, 4), image)
+    with pytest.raises(ValueError, match=r"found shape \(5, 4\)"):
+        videos.area_resize(image, 6, 4)
+
+
+def test_area_resize_agrees_with_opencv_within_a_grey_level():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        image = rng.integers(0, 256, (210, 160), dtype=np.uint8)
+        if k % 2:  # Few grey levels, as on an Atari screen.
+            image = (rng.integers(0, 4, (210, 160)) * 85).astype(np.uint8)
+        ours = videos.area_resize(image, 84, 84).astype(int)
+        theirs = cv2.resize(image, (84, 84), interpolation=cv2.INTER_AREA)
+        difference = np.abs(ours - theirs)
+        # Differences are ties (an exact .5) that OpenCV's float32 sums round otherwise.
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.05, k
