@@ -32,3 +32,30 @@ def test_a_terminal_gets_a_live_bar(monkeypatch):
     assert bar.mininterval == 0.1 and bar.n == 2
     bar.close()
     assert not progress.on_terminal(io.StringIO())
+
+
+def test_a_log_gets_one_line_per_redraw_and_no_monitor_redraws(monkeypatch):
+    """Updates of many frames every half second for 10 minutes: a line every
+    30 s, each ending in a newline (no carriage returns), and nothing for
+    tqdm's monitor thread to redraw in between (it redraws bars whose
+    `miniters` > 1)."""
+    import tqdm.std
+
+    now = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = progress.bar(1_200_000, "train pong dqn", "frame", unit_scale=True)
+    for _ in range(1200):
+        now[0] += 0.5
+        bar.update(1000)
+        bar.set_postfix(ret="-20.0")
+        assert bar.miniters == 1  # The monitor's condition for a redraw never holds.
+    bar.write("an evaluation")  # A message goes to stdout; the log gets no extra redraw.
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert all(line.startswith("train pong dqn:") for line in lines), lines
+    assert 20 <= len(lines) <= 22, lines  # 600 s / 30 s, the first and the closing line.
+    assert "1.20M/1.20M" in lines[-1] and "ret=-20.0" in lines[-1]
