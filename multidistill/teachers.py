@@ -46,7 +46,30 @@ from multidistill import games as games_lib
 
 CARD_FORMAT = "multidistill-teacher/1"
 KINDS = ("q_values", "logits")
-DEFAULT_TEACHERS_DIR = Path(__file__).resolve().parent.parent / "teachers"
+
+
+def default_teachers_dir(package_dir: str | os.PathLike | None = None) -> Path:
+    """Where the shipped teachers are: the checkout's `teachers/` or the packaged copy.
+
+    In a source checkout (an editable install, or `python train.py` run
+    from it) the package sits beside `pyproject.toml` and `teachers/`, and
+    that folder is the one: teachers trained or committed there are used at
+    once. An installed wheel has no checkout around it; there the teachers
+    are the copy packaged as `multidistill/_teachers` (pyproject.toml maps
+    the checkout's `teachers/` to it).
+
+    Args:
+      package_dir: the `multidistill` package folder (tests only; default:
+        this module's).
+    """
+    package = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
+    root = package.parent
+    if (root / "pyproject.toml").is_file() and (root / "teachers").is_dir():
+        return root / "teachers"
+    return package / "_teachers"  # Package data: a wheel is installed unpacked.
+
+
+DEFAULT_TEACHERS_DIR = default_teachers_dir()
 
 
 class TeacherError(ValueError):
