@@ -708,7 +708,7 @@ def describe_machine() -> dict[str, str]:
         "RAM": ram,
         "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
         "software": f"Python {platform.python_version()}, " + ", ".join(versions),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -457,8 +457,9 @@ def define_teacher_training_flags():
     flags.DEFINE_integer("num_env_frames", run.num_env_frames,
                          "Training length, emulator frames (1 agent step = 4 frames); the "
                          "run stops at the first iteration past it.")
-    flags.DEFINE_string("teachers_dir", str(teachers.DEFAULT_TEACHERS_DIR),
-                        "Folder the teacher (<game>.keras + <game>.json card) is written to.")
+    flags.DEFINE_string("teachers_dir", str(teachers.default_output_dir()),
+                        "Folder the teacher (<game>.keras + <game>.json card) is written to "
+                        "(default: the checkout's teachers/, or ./teachers when installed).")
     flags.DEFINE_string("checkpoint_dir", None,
                         "Training state folder (default: "
                         "~/.cache/multidistill/teacher_runs/<game>_<algo>).")

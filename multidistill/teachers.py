@@ -69,6 +69,14 @@ def default_teachers_dir(package_dir: str | os.PathLike | None = None) -> Path:
     return package / "_teachers"  # Package data: a wheel is installed unpacked.
 
 
+def default_output_dir(package_dir: str | os.PathLike | None = None) -> Path:
+    """Where a newly trained teacher goes by default: the checkout's
+    `teachers/` (the main job uses it at once), or `./teachers` when the
+    package is installed (never into the installed package)."""
+    shipped = default_teachers_dir(package_dir)
+    return Path("teachers") if shipped.name == "_teachers" else shipped
+
+
 DEFAULT_TEACHERS_DIR = default_teachers_dir()
 
 

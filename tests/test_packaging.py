@@ -6,9 +6,10 @@ deep-learning framework."""
 import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
-import tomllib
 from conftest import REPO
 
 from multidistill import console, main_job, teachers
@@ -75,6 +76,8 @@ def test_in_a_checkout_the_default_teachers_are_the_checkouts(tmp_path):
     (checkout / "teachers").mkdir()
     (checkout / "pyproject.toml").write_text("")
     assert teachers.default_teachers_dir(checkout / "multidistill") == checkout / "teachers"
+    # A new teacher goes where the main job finds it.
+    assert teachers.default_output_dir(checkout / "multidistill") == checkout / "teachers"
 
 
 def test_installed_the_default_teachers_are_the_packaged_copy(tmp_path):
@@ -83,6 +86,8 @@ def test_installed_the_default_teachers_are_the_packaged_copy(tmp_path):
     (site / "teachers").mkdir()  # Somebody else's folder: no pyproject.toml beside it.
     assert teachers.default_teachers_dir(site / "multidistill") == (
         site / "multidistill" / "_teachers")
+    # train_teacher never writes into the installed package.
+    assert teachers.default_output_dir(site / "multidistill") == Path("teachers")
 
 
 # -- what pyproject.toml packages ---------------------------------------------------
