@@ -338,13 +338,12 @@ def read_evaluations(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def first_reaching(entries: Sequence[dict], size: str, fraction: float,
-                   reference: float) -> dict | None:
-    """The first evaluation at which student `size` scored at least
-    `fraction` x `reference` (e.g. 0.9 x the final teacher's mean), or None."""
+def first_reaching(entries: Sequence[dict], size: str, threshold: float) -> dict | None:
+    """The first evaluation at which student `size`'s mean return was at least
+    `threshold` (e.g. 90 % of the final teacher's score), or None."""
     for e in entries:
         s = e["students"].get(size)
-        if s is not None and s["mean"] >= fraction * reference:
+        if s is not None and s["mean"] >= threshold:
             return e
     return None
 
