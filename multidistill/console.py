@@ -35,6 +35,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "one student per size on the same data: size, speed and score table"),
     "datasets": ("multidistill.datasets",
                  "inspect (info) or upgrade (upgrade) dataset files"),
+    "export-dataset": ("multidistill.export_dataset",
+                       "write a dataset as a Minari dataset (pip install "
+                       "\"multidistill[minari]\")"),
 }
 
 
