@@ -23,6 +23,7 @@ The pipeline, one flat module per role, in the order data flows:
     evaluation     student and teachers under one protocol, reports
     stages         the main job's stages (teachers, datasets, distil, report)
     sweep          one student per size on the same data: size/speed/score table
+    export_dataset a dataset written as a Minari (offline RL) dataset
     agents/        teacher training: DQN, PPO, their loop and runner
 
 `import multidistill` and the modules that need no network
