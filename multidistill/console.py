@@ -30,6 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                  "evaluate a student and its teachers under the protocol; write a report"),
     "train-teacher": ("multidistill.train_teacher",
                       "train (or evaluate) a single-game DQN or PPO teacher"),
+    "import-teacher": ("multidistill.import_teacher",
+                       "convert an SB3 / RL Zoo or CleanRL Atari network into a teacher"),
     "compare": ("multidistill.compare", "one table and one plot from several runs' reports"),
     "sweep": ("multidistill.sweep",
               "one student per size on the same data: size, speed and score table"),
