@@ -24,6 +24,7 @@ The pipeline, one flat module per role, in the order data flows:
     stages         the main job's stages (teachers, datasets, distil, report)
     sweep          one student per size on the same data: size/speed/score table
     export_dataset a dataset written as a Minari (offline RL) dataset
+    import_teacher SB3 / CleanRL Atari networks as teachers, read without torch
     agents/        teacher training: DQN, PPO, their loop and runner
 
 `import multidistill` and the modules that need no network
