@@ -41,7 +41,7 @@ def test_quick_benchmark_measures_and_writes_every_figure(bench, tmp_path):
     assert set(summary["figures"]) == {f.name for f in bench.FIGURES}
     numbers = _numbers(summary)
     assert numbers and all(math.isfinite(x) and x > 0 for x in numbers), summary
-    assert set(summary["compressed"]) == {"dqn", "net1", "net2", "net3"}
+    assert set(summary["compressed"]) == {"dqn", "net1", "net2", "net3", "tiny"}
 
     text = output.read_text()
     for fig in bench.FIGURES:  # Headline table: a finite positive number per figure.
