@@ -306,7 +306,10 @@ def _float32_runner(model):
 
     def float32_layer(layer):
         config = layer.get_config()
-        config["dtype"] = "float32"
+        # Layers take a dtype policy; plain operations in the graph (e.g. the
+        # `ops.take` of an 18-way student head) take none.
+        if isinstance(layer, keras.layers.Layer):
+            config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=float32_layer)

@@ -176,3 +176,19 @@ def test_predict_fn_runs_a_mixed_precision_student_in_float32():
     got = evaluation.predict_fn(net)(x)
     np.testing.assert_allclose(got, np.asarray(f32.policy_network("pong")(x)), atol=1e-5)
     assert student.trunk[2].compute_dtype == "bfloat16"  # The student is unchanged.
+
+
+def test_predict_fn_runs_a_mixed_precision_shared18_student_in_float32():
+    # Its policy network gathers the game's actions with an operation (no dtype).
+    from multidistill import networks
+
+    kw = dict(conv_filters=(4, 4, 4), fc_units=16, head_units=8, head="shared18",
+              ale_action_indices=[[0, 1, 3, 4, 11, 12]])
+    student = networks.MultiTaskStudent(["pong"], [6], precision="mixed_bfloat16", **kw)
+    student.build_for_inputs()
+    f32 = networks.MultiTaskStudent(["pong"], [6], **kw)
+    f32.build_for_inputs()
+    f32.set_weights(student.get_weights())
+    x = np.random.default_rng(2).integers(0, 256, (4, 4, 84, 84), dtype=np.uint8)
+    got = evaluation.predict_fn(student.policy_network("pong"))(x)
+    np.testing.assert_allclose(got, np.asarray(f32.policy_network("pong")(x)), atol=1e-5)
