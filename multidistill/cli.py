@@ -550,20 +550,13 @@ def realtime_config_from_flags(seed: int = 0):
 
     if not FLAGS.distill_into:
         return None
-    names = {"sizes": "distill_into", "steps_per_update": "distill_steps_per_update",
-             "batch_size": "distill_batch_size", "learning_rate": "distill_learning_rate"}
-    try:
-        return realtime.RealtimeConfig(
-            sizes=tuple(s.strip() for s in FLAGS.distill_into),
-            steps_per_update=FLAGS.distill_steps_per_update,
-            batch_size=FLAGS.distill_batch_size,
-            learning_rate=FLAGS.distill_learning_rate, seed=seed)
-    except ValueError as e:
-        message = str(e)
-        for field, flag in names.items():
-            if message.startswith(field + " "):
-                message = f"--{flag} {message[len(field) + 1:]}"
-        raise UsageError(message) from None
+    return _config_from_flags(lambda: realtime.RealtimeConfig(
+        sizes=tuple(s.strip() for s in FLAGS.distill_into),
+        steps_per_update=FLAGS.distill_steps_per_update,
+        batch_size=FLAGS.distill_batch_size,
+        learning_rate=FLAGS.distill_learning_rate, seed=seed),
+        {"sizes": "distill_into", "steps_per_update": "distill_steps_per_update",
+         "batch_size": "distill_batch_size", "learning_rate": "distill_learning_rate"})
 
 
 def _teacher_config_from_flags(config_class, names):

@@ -184,3 +184,42 @@ def finite_difference_gradient(f, theta, eps=1e-6):
         e[idx] = eps
         g[idx] = (f(theta + e) - f(theta - e)) / (2 * eps)
     return g
+
+
+def constant_report(student_returns: dict, extra: dict | None = None) -> dict:
+    """An evaluation report of the given student returns per game against
+    teachers scoring 10 on as many episodes (paired)."""
+    from multidistill import environments, evaluation
+
+    scores = {g: evaluation.Scores(returns=r, lengths=[1] * len(r), seconds=0.0)
+              for g, r in student_returns.items()}
+    teacher = {g: dict(evaluation.Scores(returns=[10.0] * len(r), lengths=[1] * len(r),
+                                         seconds=0.0).to_dict(),
+                       source="evaluated with the student")
+               for g, r in student_returns.items()}
+    return evaluation.make_report(scores, teacher, evaluation.EvalProtocol(),
+                                  environments.Preprocessing(), extra=extra)
+
+
+def flag_parser(*define_more):
+    """A fixture body: defines the main job's collection, distillation and
+    evaluation flags once per process (and `define_more`, each a (flag that
+    shows it is defined, define function) pair), then yields parse(*argv) ->
+    cli, unparsing the flags after the test."""
+    from multidistill import cli
+
+    if "num_agent_steps" not in cli.FLAGS:
+        cli.define_collect_flags()
+        cli.define_distill_flags()
+        cli.define_eval_flags()
+    for marker, define in define_more:
+        if marker not in cli.FLAGS:
+            define()
+
+    def parse(*argv):
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["test", *argv])
+        return cli
+
+    yield parse
+    cli.FLAGS.unparse_flags()

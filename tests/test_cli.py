@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import SPEC_KW, make_teacher, run_cli
+from conftest import SPEC_KW, flag_parser, make_teacher, run_cli
 
 from multidistill import datasets, teachers
 
@@ -222,20 +222,7 @@ def parse():
     """Parses argv into the entry points' flags (defined once per process)."""
     from multidistill import cli
 
-    if "num_agent_steps" not in cli.FLAGS:
-        cli.define_collect_flags()
-        cli.define_distill_flags()
-        cli.define_eval_flags()
-    if "control" not in cli.FLAGS:
-        cli.define_rounds_flags()
-
-    def parse(*argv):
-        cli.FLAGS.unparse_flags()
-        cli.FLAGS(["test", *argv])
-        return cli
-
-    yield parse
-    cli.FLAGS.unparse_flags()
+    yield from flag_parser(("control", cli.define_rounds_flags))
 
 
 def test_flag_defaults_are_the_configs_defaults(parse):

@@ -3,20 +3,14 @@
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import constant_report, run_cli
 
-from multidistill import compare, environments, evaluation
+from multidistill import compare, evaluation
 
 
 def _run(tmp_path, name, student_returns, commit, timing=None):
-    scores = {g: evaluation.Scores(returns=r, lengths=[1] * len(r), seconds=0.0)
-              for g, r in student_returns.items()}
-    teacher = {g: dict(evaluation.Scores(returns=[10.0] * len(r), lengths=[1] * len(r),
-                                         seconds=0.0).to_dict(),
-                       source="evaluated with the student")
-               for g, r in student_returns.items()}
-    report = evaluation.make_report(
-        scores, teacher, evaluation.EvalProtocol(), environments.Preprocessing(),
+    report = constant_report(
+        student_returns,
         extra={"timing": timing or {"total_seconds": 600, "build_seconds": 60,
                                     "run_distill_seconds": 480, "eval_seconds": 60},
                "student_parameters": 1000, "teacher_parameters": {"pong": 4000},

@@ -6,11 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from conftest import new_writer, run_cli, synthetic_episode, use_fake_atari
+from conftest import (
+    constant_report,
+    flag_parser,
+    new_writer,
+    run_cli,
+    synthetic_episode,
+    use_fake_atari,
+)
 
 from multidistill import (
     distiller,
-    environments,
     evaluation,
     networks,
     objectives,
@@ -173,14 +179,7 @@ def test_sweep_rows_resume_and_table(tmp_path, data, spec, teachers_dir, monkeyp
 
 def _report(student_returns):
     """An evaluation report of constant returns against teachers scoring 10."""
-    scores = {g: evaluation.Scores(returns=r, lengths=[1] * len(r), seconds=0.0)
-              for g, r in student_returns.items()}
-    teacher = {g: dict(evaluation.Scores(returns=[10.0] * len(r), lengths=[1] * len(r),
-                                         seconds=0.0).to_dict(),
-                       source="evaluated with the student")
-               for g, r in student_returns.items()}
-    return evaluation.make_report(scores, teacher, evaluation.EvalProtocol(),
-                                  environments.Preprocessing())
+    return constant_report(student_returns)
 
 
 def test_row_and_table_from_a_report(tmp_path):
@@ -256,22 +255,7 @@ def test_a_cached_row_is_reused_only_with_its_settings(tmp_path):
 @pytest.fixture()
 def parse():
     """Parses argv into the sweep's flags (defined once per process)."""
-    from multidistill import cli
-
-    if "num_agent_steps" not in cli.FLAGS:
-        cli.define_collect_flags()
-        cli.define_distill_flags()
-        cli.define_eval_flags()
-    if "sizes" not in cli.FLAGS:
-        sweep.define_flags()
-
-    def parse(*argv):
-        cli.FLAGS.unparse_flags()
-        cli.FLAGS(["test", *argv])
-        return cli
-
-    yield parse
-    cli.FLAGS.unparse_flags()
+    yield from flag_parser(("sizes", sweep.define_flags))
 
 
 def test_flags_map_to_the_config(parse):
