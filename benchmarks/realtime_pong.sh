@@ -15,8 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRAMES=${FRAMES:-1500000}
-CK=${CK:-$HOME/.cache/multidistill/teacher_runs/pong_realtime}
-TEACHERS=${TEACHERS:-$HOME/.cache/multidistill/realtime_teachers}
+CK=${CK:-$HOME/.cache/multidistill/teacher_runs/pong_realtime_lr2.5e-5}
+TEACHERS=${TEACHERS:-$HOME/.cache/multidistill/realtime_teachers_lr2.5e-5}
 SIZES=(net3 tiny)
 # Runs and datasets are named by the teacher's budget: a longer run ships
 # another teacher, which needs its own dataset and students.

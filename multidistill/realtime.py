@@ -69,7 +69,10 @@ class RealtimeConfig:
       steps_per_update: student gradient steps per teacher gradient step
         (the paper: one, on the teacher's replay batches).
       batch_size: states per student gradient step.
-      learning_rate: the students' Adam step size.
+      learning_rate: the students' Adam step size. 2.5e-5, a tenth of offline
+        distillation's: at 2.5e-4 the students' first convolution died within
+        about 3,500 steps on labels of a DQN in its first updates, and a
+        dead ReLU layer never recovers (benchmarks/realtime/first_run.md).
       policy_loss: `objectives.Distillation.policy_loss` ("kl", "nll", "mse").
       temperature: tau of the KL; None: that of the teacher's kind (0.01 for
         Q-values, 1 for logits: `objectives.default_temperature`).
@@ -82,7 +85,7 @@ class RealtimeConfig:
     sizes: tuple[str, ...]
     steps_per_update: float = 1.0
     batch_size: int = 32
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 2.5e-5
     policy_loss: str = "kl"
     temperature: float | None = None
     feature_beta: float = 0.0
