@@ -16,6 +16,8 @@ The pipeline, one flat module per role, in the order data flows:
     update_rules   the update rules of Czarnecki et al. (2019) as objectives
     networks       teacher and student Keras networks (forward pass only)
     distiller      training the multi-task student (checkpoints, resume)
+    diagnostics    the student against its teachers on held-out states: KL,
+                   agreement, entropies, the teachers' action gaps
     rounds         student-driven distillation: collection rounds, aggregation
     realtime       real-time distillation: students trained alongside a
                    training teacher, on its experience

@@ -589,7 +589,55 @@ def report_markdown(report: dict, links: bool = True) -> str:
         st = report["statistics"]
         lines += ["", f"Intervals: {st['method']}, {st['resamples']:,} resamples, seed "
                       f"{st['seed']} (`multidistill.statistics`)."]
+    if report.get("diagnostics"):
+        lines += [""] + diagnostics_markdown(report["diagnostics"], links=links)
     return "\n".join(lines) + "\n"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def diagnostics_markdown(diagnostics: dict, links: bool = True) -> list[str]:
+    """The report's "Diagnostics" section (`multidistill.diagnostics`), as lines:
+    per game held-out KL, agreement, entropies, the teacher's median action
+    gap and the agreement in its least and most confident fifth of states."""
+    lines = [
+        "## Diagnostics",
+        "",
+        "| game | held-out states | held-out KL, nats | top-1 agreement "
+        "| student entropy, nats | teacher entropy at tau, nats | teacher's median action gap "
+        "| agreement, least confident fifth | agreement, most confident fifth |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for game, d in diagnostics.get("games", {}).items():
+        if not d.get("num_states"):
+            lines.append(f"| {game} | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        bins = [b for b in d["agreement_by_confidence"] if b["num_states"]]
+        gap = d["action_gap"]
+        units = "logits" if d["teacher_kind"] == "logits" else "Q"
+        lines.append(
+            f"| {game} ({d['teacher_kind']}, tau {d['temperature']:g}) | {d['num_states']:,} "
+            f"| {d['heldout_kl']:.4f} | {_pct(d['agreement'])} "
+            f"| {d['student_entropy']:.3f} (max {d['max_entropy']:.2f}) "
+            f"| {d['teacher_entropy']:.3f} | {gap['quantiles']['50']:.3g} {units} "
+            f"| {_pct(bins[0]['agreement'])} | {_pct(bins[-1]['agreement'])} |")
+    sha = (diagnostics.get("identity") or {}).get("student_sha256")
+    lines += [
+        "",
+        f"On up to {diagnostics.get('max_states_per_game', 0):,} states per game, evenly "
+        "spread over the held-out episodes (never trained on)"
+        + (f", of the student file with sha256 {sha[:12]}..." if sha else "") + ". "
+        "Held-out KL: KL(teacher_tau || student), the distiller's `heldout/kl`, with "
+        "teacher_tau = softmax(teacher outputs / tau). Entropies: of softmax(student logits) "
+        "and of teacher_tau (at most ln of the action count). Action gap: the teacher's best "
+        "output minus its second best (Q-value or logit units). Fifths: the states ranked "
+        "by that gap. Quantiles, histograms and every fifth per game: `diagnostics.json`.",
+    ]
+    if links and diagnostics.get("plot"):
+        lines += ["", f"![diagnostics]({diagnostics['plot']})"]
+    return lines
 
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:

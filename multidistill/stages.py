@@ -1,7 +1,8 @@
 """The main job's stages as functions: teachers -> datasets -> student -> report.
 
 `train.py` (one student) and `multidistill.sweep` (one student per size, on
-the same datasets) wire these together, so that both load teachers, build
+the same datasets) wire these together (`diagnose`, the student's held-out
+diagnostics, is the main job's), so that both load teachers, build
 datasets, distil and evaluate through the same code. Like the main job, each
 stage prints a line per game or step it finishes; a stage stopped by SIGINT
 or SIGTERM raises `Interrupted` once what it did is saved, and the entry
@@ -159,6 +160,39 @@ def distil(run_dir: str | os.PathLike, config: distiller.DistillConfig, paths: S
                           f"{run_dir}; run the same command to resume") from None
     finally:
         d.close()
+
+
+def diagnose(run_dir: str | os.PathLike, student_path: str | os.PathLike,
+             config: distiller.DistillConfig, paths: Sequence, teacher_kinds: Sequence[str],
+             max_episodes: Sequence[int] | None = None) -> dict:
+    """The student's diagnostics on the run's held-out data
+    (`multidistill.diagnostics`): diagnostics.json and diagnostics.png in
+    `run_dir`, reused when they are of the same student file and data.
+
+    Args:
+      paths: per game, the teacher-driven dataset, whose last episodes are
+        the held-out data (in collection rounds too, as long as the
+        teacher-driven data stay in the sampler, `keep_teacher_data`).
+      max_episodes: per dataset, the episodes the run started from (default:
+        `distiller.data_prefix(run_dir)`).
+
+    Returns:
+      The diagnostics (`diagnostics.diagnose_run`), for the report's "diagnostics".
+    """
+    from multidistill import diagnostics
+
+    if max_episodes is None:
+        max_episodes = distiller.data_prefix(run_dir)
+    d = diagnostics.diagnose_run(run_dir, student_path, paths, config.pipeline,
+                                 config.objective.temperatures, teacher_kinds,
+                                 max_episodes=max_episodes)
+    for game, g in d["games"].items():
+        print(f"  {game}: " + (
+            f"held-out KL {g['heldout_kl']:.4f}, agreement {100 * g['agreement']:.1f} % "
+            f"({g['num_states']:,} states)" if g.get("num_states") else g.get("note", "")))
+    print(f"  diagnostics {'reused from' if d['reused'] else 'written to'} "
+          f"{Path(run_dir) / diagnostics.JSON_NAME}")
+    return d
 
 
 def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike,
