@@ -16,8 +16,11 @@
    with --control=student|mixture|uniform (or --rounds > 0), then runs
    collection rounds: the control policy plays, the teacher labels, the
    student trains on the aggregate (`multidistill.rounds`);
-4. evaluates student and teachers under one protocol and writes
-   report.json and report.md into the run directory.
+4. computes the student's diagnostics on the held-out data
+   (diagnostics.json, diagnostics.png: KL, agreement, entropies, the
+   teachers' action gaps; `multidistill.diagnostics`), evaluates student
+   and teachers under one protocol and writes report.json and report.md
+   (with a Diagnostics section) into the run directory.
 
 This module maps flags to configs and calls the stages (`multidistill.stages`)
 in order; the same calls work from Python (README, "Python API").
@@ -137,7 +140,10 @@ def main(argv):
         except stages.Interrupted as e:
             _exit_interrupted(e)
 
-    # 4. Evaluation.
+    # 4. Diagnostics on the held-out data, then evaluation.
+    t_diagnose = time.perf_counter()
+    diagnostics = stages.diagnose(run_dir, student_path, config, paths, kinds)
+    diagnose_seconds = time.perf_counter() - t_diagnose
     episodes = ", ".join(f"{g} {protocol.episodes(g)}" for g in game_names)
     print(f"[3/3] evaluating, episodes per game and policy: {episodes}")
     report = stages.evaluate_student(
@@ -151,9 +157,11 @@ def main(argv):
                "training": train_summary, "datasets": summaries,
                "config": config.to_dict(),
                **({"rounds": rounds_summary} if rounds_summary else {}),
+               "diagnostics": diagnostics,
                "timing": {"build_seconds": build_seconds,
                           "distill_seconds": train_summary["seconds"],
-                          "run_distill_seconds": train_summary["run_train_seconds"]}})
+                          "run_distill_seconds": train_summary["run_train_seconds"],
+                          "diagnose_seconds": diagnose_seconds}})
     print()
     print(evaluation.report_markdown(report))
     print(f"report: {run_dir / 'report.md'}, {run_dir / 'report.json'}; "

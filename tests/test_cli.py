@@ -50,6 +50,13 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
     metrics = (run / "metrics.jsonl").read_text()
     assert '"charts/student_return/pong"' in metrics
     assert report["training"]["grad_steps"] == 12
+    # The student's held-out diagnostics, in the report and beside it.
+    diag = report["diagnostics"]
+    assert set(diag["games"]) == {"pong", "freeway"} and not diag["reused"]
+    assert all(g["num_states"] > 0 for g in diag["games"].values())
+    assert "\n## Diagnostics\n" in md and "![diagnostics](diagnostics.png)" in md
+    assert (run / "diagnostics.png").exists()
+    assert diag["identity"]["student_sha256"] == teachers.sha256_of(run / "student.keras")
 
     # Rerunning resumes: nothing left to train, datasets already big enough.
     rc, out = run_cli(["train.py", "--games=pong,freeway", f"--teachers_dir={teachers_dir}",
@@ -57,7 +64,12 @@ def test_train_build_and_evaluate_end_to_end(tmp_path, teachers_dir):
                       + ["--num_grad_steps=14", "--eval_episodes=1"])
     assert rc == 0, out
     assert "(+0)" in out
-    assert json.loads((run / "report.json").read_text())["training"]["trained_steps"] == 2
+    report = json.loads((run / "report.json").read_text())
+    assert report["training"]["trained_steps"] == 2
+    # Another student now: its diagnostics are computed anew, never the old ones.
+    assert not report["diagnostics"]["reused"]
+    assert report["diagnostics"]["identity"]["student_sha256"] == teachers.sha256_of(
+        run / "student.keras") != diag["identity"]["student_sha256"]
 
     # The student loads in a fresh process with one head per game (importing
     # multidistill.networks registers the class with Keras).
