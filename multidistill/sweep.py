@@ -344,6 +344,8 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
         training, student_path = stages.distil(run_dir, size_config, paths, spec,
                                                teacher_kinds, max_episodes=prefix,
                                                progress=progress)
+        diagnostics = stages.diagnose(run_dir, student_path, size_config, paths,
+                                      teacher_kinds, max_episodes=prefix)
         print(f"{tag}: evaluating")
         report = stages.evaluate_student(
             student_path, run_dir, size_config, games, teachers_dir, spec, protocol,
@@ -353,6 +355,7 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
             extra={"run_dir": str(run_dir), **(extra or {}),
                    "sweep": {"output_dir": str(out_dir), "size": size},
                    "training": training, "config": size_config.to_dict(),
+                   "diagnostics": diagnostics,
                    "timing": {"distill_seconds": training["seconds"],
                               "run_distill_seconds": training["run_train_seconds"]}})
         student = students.load_student(student_path)

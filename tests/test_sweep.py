@@ -98,6 +98,11 @@ def test_sweep_rows_resume_and_table(tmp_path, data, spec, teachers_dir, monkeyp
     assert tiny["samples_per_s"] == pytest.approx(3 * 8 / training["run_train_seconds"])
     assert tiny["samples_per_s"] == pytest.approx(training["samples_per_s"], rel=1e-3)
     assert list(tiny["latency_ms"]) == ["1", "32"] and tiny["latency_game"] == "pong"
+    # Every size's report carries the diagnostics of its own student file.
+    diag = json.loads((out / "tiny" / "diagnostics.json").read_text())
+    assert set(report["diagnostics"]["games"]) == {"pong", "freeway"}
+    assert report["diagnostics"]["games"] == diag["games"]
+    assert "## Diagnostics" in (out / "tiny" / "report.md").read_text()
     for b, lat in tiny["latency_ms"].items():
         assert (lat["batch_size"], lat["calls"], lat["warmup_calls"]) == (int(b), 3, 1)
         assert lat["median_ms"] > 0
