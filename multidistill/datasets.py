@@ -39,7 +39,26 @@ File attributes: schema_version, game, rom_md5, num_actions, feature_dim,
 preprocessing (JSON), teacher_sha256, teacher_kind, teacher_path,
 teacher_value_source, seed, num_episodes, num_agent_steps,
 mean_episode_return, versions (JSON: ale-py, gymnasium, h5py, keras,
-multidistill), created_utc.
+multidistill), created_utc, created_host (absent in files written before
+it); a part of a sharded dataset also has shard_index, num_shards and
+shard_base_seed (`Shard`).
+
+Sharded datasets. A game's dataset can instead be a folder of part files,
+each written by one worker (`part_path`):
+
+    <datasets_dir>/<game>/part-00000-of-00004.h5 ... part-00003-of-00004.h5
+
+Each part is a file of this schema holding whole episodes of its own
+sessions, seeded from (the dataset's base seed, its index) alone, so that
+it is the same whoever writes it (`collect.shard_config`). A part is
+written as `part-<i>-of-<N>.partial.h5` and renamed to its final name once
+it holds its share of the steps: only final names are data, and a folder
+opens (`Dataset(folder)`, a `ShardedDataset`) only when all N parts are
+there and agree (game, labelling teacher, preprocessing, action and
+feature counts, N, base seed). Rows and episodes are numbered across the
+parts in part order, then in file order. A folder and a single file for
+the same game are refused (`dataset_path`). A complete part is never
+rewritten (only rebuilt on request) nor topped up.
 
 Version 1 files (before sessions: one file-level `epsilon`, `build_seeds`,
 no `teacher_values` or `behaviour_log_probs`) are read as they are, with
@@ -73,6 +92,8 @@ import datetime
 import fcntl
 import json
 import os
+import re
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,8 +193,133 @@ class Session:
 
 
 def dataset_path(datasets_dir: str | os.PathLike, game: str) -> Path:
-    """Where a game's dataset lives: `<datasets_dir>/<game>.h5`."""
+    """Where a game's dataset lives: its folder of part files
+    `<datasets_dir>/<game>/` if there is one (a sharded dataset), else the
+    single file `<datasets_dir>/<game>.h5` (which need not exist yet). Both
+    open with `Dataset`.
+
+    Raises:
+      DatasetError: both the folder and the file exist.
+    """
+    file, folder = single_file_path(datasets_dir, game), shard_folder(datasets_dir, game)
+    if folder.is_dir():
+        if file.exists():
+            raise DatasetError(
+                f"game {game} has two datasets in {datasets_dir}: the single file {file} and "
+                f"the folder of part files {folder}; expected one of them (a dataset is "
+                "written either whole or in parts, --num_shards): move or delete one")
+        return folder
+    return file
+
+
+def single_file_path(datasets_dir: str | os.PathLike, game: str) -> Path:
+    """The single file of a game's dataset: `<datasets_dir>/<game>.h5`."""
     return Path(datasets_dir) / f"{game}.h5"
+
+
+def shard_folder(datasets_dir: str | os.PathLike, game: str) -> Path:
+    """The folder of a sharded dataset's part files: `<datasets_dir>/<game>/`."""
+    return Path(datasets_dir) / game
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Which part of a sharded dataset a file is (its attributes
+    shard_index, num_shards, shard_base_seed).
+
+    Attributes:
+      index: the part's index, in [0, count).
+      count: how many parts the dataset is split into.
+      base_seed: the dataset's base seed; the part's own seeds derive from
+        (base_seed, index) (`collect.shard_config`).
+    """
+
+    index: int
+    count: int
+    base_seed: int
+
+    def __post_init__(self):
+        if not 1 <= self.count <= 99_999:  # Five digits in the part names.
+            raise ValueError(f"num_shards must be in [1, 99999], found {self.count}")
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard_index must be in [0, {self.count - 1}] for "
+                             f"{self.count} shards, found {self.index}")
+
+    @property
+    def name(self) -> str:
+        """The part's final file name, `part-<index>-of-<count>.h5` (5 digits each)."""
+        return f"part-{self.index:05d}-of-{self.count:05d}.h5"
+
+
+# Final and in-progress part names (`Shard.name`, `partial_path`).
+_PART_NAME = re.compile(r"part-(\d{5})-of-(\d{5})(\.partial)?\.h5")
+
+
+def part_path(datasets_dir: str | os.PathLike, game: str, shard: Shard) -> Path:
+    """A part's final file: `<datasets_dir>/<game>/part-<i>-of-<N>.h5`."""
+    return shard_folder(datasets_dir, game) / shard.name
+
+
+def partial_path(part: str | os.PathLike) -> Path:
+    """Where a part is written until complete: `part-<i>-of-<N>.partial.h5`."""
+    part = Path(part)
+    return part.with_name(part.stem + ".partial.h5")
+
+
+def part_files(folder: str | os.PathLike) -> tuple[dict[int, Path], dict[int, Path], set[int]]:
+    """The part files in a sharded dataset's folder.
+
+    Returns:
+      (complete parts by index, parts being written (`.partial.h5`) by
+      index, the shard counts their names give). A temporary file of a
+      write under way (`.tmp.h5`) and lock files are skipped.
+
+    Raises:
+      DatasetError: an HDF5 file in the folder is not named as a part.
+    """
+    folder = Path(folder)
+    complete, partial, counts = {}, {}, set()
+    for p in sorted(folder.glob("*.h5")):
+        if p.name.endswith(".tmp.h5"):
+            continue
+        m = _PART_NAME.fullmatch(p.name)
+        if m is None:
+            raise DatasetError(
+                f"dataset folder {folder} holds {p.name}, which is not a part file: expected "
+                "only names part-<index>-of-<count>.h5 (or .partial.h5 while written); "
+                "move it out of the folder")
+        (partial if m.group(3) else complete)[int(m.group(1))] = p
+        counts.add(int(m.group(2)))
+    return complete, partial, counts
+
+
+def check_layout(datasets_dir: str | os.PathLike, game: str, num_shards: int) -> None:
+    """Refuses to write a game's dataset as `num_shards` parts (or, for 1, as
+    a single file) where it already exists in another layout.
+
+    Raises:
+      DatasetError: the single file and the part folder would both exist, or
+        the folder holds parts of another shard count.
+    """
+    file, folder = single_file_path(datasets_dir, game), shard_folder(datasets_dir, game)
+    if num_shards == 1:
+        dataset_path(datasets_dir, game)  # Both there: refused.
+        return
+    if file.exists():
+        raise DatasetError(
+            f"cannot write game {game} as {num_shards} parts in {folder}: its dataset is "
+            f"the single file {file}; expected one of them (a dataset is written either "
+            "whole or in parts, --num_shards): move or delete the file, or build with "
+            "--num_shards=1")
+    if folder.is_dir():
+        complete, partial, counts = part_files(folder)
+        other = sorted(counts - {num_shards})
+        if other:
+            names = sorted(p.name for p in [*complete.values(), *partial.values()])
+            raise DatasetError(
+                f"dataset folder {folder} holds parts of {other[0]} shards ({', '.join(names)}), "
+                f"this run asks for {num_shards} (--num_shards): a dataset is split one way; "
+                f"delete the folder or build into another --datasets_dir")
 
 
 def lock_file(path: str | os.PathLike) -> Path:
@@ -378,7 +524,9 @@ class DatasetWriter(_H5File):
     labelling teacher must be those given here (else `DatasetError`, unless
     the caller deletes the file and rebuilds). Only one writer may hold a
     file: callers serialise writers with `file_lock`. Each recording session
-    starts with `start_session`, which records who acts.
+    starts with `start_session`, which records who acts. A part of a sharded
+    dataset is given its `shard`, written with the file and checked on
+    reopening like the teacher.
 
     Crash safety: a new file is created under a temporary name and renamed
     into place; appends run in HDF5's single-writer/multiple-reader (SWMR)
@@ -401,6 +549,7 @@ class DatasetWriter(_H5File):
         teacher_path: str,
         seed: int,
         teacher_value_source: str = "none",
+        shard: Shard | None = None,
     ):
         self.path = Path(path)
         self.frame_shape = (preprocessing.frame_height, preprocessing.frame_width)
@@ -413,6 +562,9 @@ class DatasetWriter(_H5File):
             num_actions=self.num_actions,
             feature_dim=self.feature_dim,
         )
+        if shard is not None:
+            expected.update(shard_index=shard.index, num_shards=shard.count,
+                            shard_base_seed=shard.base_seed)
         self._f = None
         if self.path.exists():
             clear_status_flags(self.path)
@@ -485,6 +637,7 @@ class DatasetWriter(_H5File):
             a["seed"] = int(seed)
             a["versions"] = json.dumps(_versions(), sort_keys=True)
             a["created_utc"] = _now()
+            a["created_host"] = socket.gethostname()
             a["num_agent_steps"] = 0
             a["num_episodes"] = 0
             a["mean_episode_return"] = float("nan")
@@ -656,15 +809,24 @@ def _attr(attrs, name, default=None):
 
 
 class Dataset(_H5File):
-    """Read access to one game's dataset file, validated on open.
+    """Read access to one game's dataset, validated on open.
+
+    `Dataset(file)` reads a single file; `Dataset(folder)` reads the folder
+    of a sharded dataset's parts as one dataset (it returns a
+    `ShardedDataset`, with the same interface).
 
     Args:
-      path: the file.
+      path: the file, or the folder of part files.
       max_episodes: show only the first `max_episodes` committed episodes
         (a prefix of the file, e.g. the data a training run started from,
         while the file has grown since); None shows all. A file holding
         fewer episodes is refused.
     """
+
+    def __new__(cls, path: str | os.PathLike, max_episodes: int | None = None):
+        if cls is Dataset and Path(path).is_dir():
+            cls = ShardedDataset
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike, max_episodes: int | None = None):
         self.path = Path(path)
@@ -762,6 +924,14 @@ class Dataset(_H5File):
         out[key] = (float(np.mean(self.episode_returns)) if self.num_episodes
                     else float("nan"))
         return out
+
+    @property
+    def shard(self) -> Shard | None:
+        """Which part of a sharded dataset this file is (None: a whole dataset)."""
+        a = self._f.attrs
+        if "shard_index" not in a:
+            return None
+        return Shard(int(a["shard_index"]), int(a["num_shards"]), int(a["shard_base_seed"]))
 
     @property
     def sessions(self) -> list[Session]:
@@ -929,24 +1099,21 @@ class DatasetSet:
         try:
             for p, m in zip(paths, max_episodes):
                 self.parts.append(Dataset(p, None if m is None else int(m)))
-            first = self.parts[0]
-            for ds in self.parts[1:]:
-                for name in ("game", "teacher_sha256", "num_actions", "stored_feature_dim",
-                             "preprocessing"):
-                    if getattr(ds, name) != getattr(first, name):
-                        raise DatasetError(
-                            f"dataset {ds.path} cannot be read with {first.path}: its "
-                            f"{name} differs ({getattr(ds, name)!r} vs "
-                            f"{getattr(first, name)!r})")
+            _check_same_source(self.parts)
         except Exception:
             self.close()
             raise
+        first = self.parts[0]
         self.path = first.path if len(self.parts) == 1 else Path(
             f"{first.path} (+{len(self.parts) - 1} more files)")
         for name in ("game", "num_actions", "feature_dim", "stored_feature_dim",
                      "teacher_sha256", "teacher_kind", "teacher_value_source",
                      "preprocessing"):
             setattr(self, name, getattr(first, name))
+        self._index()
+
+    def _index(self) -> None:
+        """Row and episode numbers across the files, from each file's counts."""
         self.part_steps = np.array([ds.num_agent_steps for ds in self.parts], np.int64)
         self.part_starts = np.concatenate([[0], np.cumsum(self.part_steps)]).astype(np.int64)
         self.num_agent_steps = int(self.part_starts[-1])
@@ -1005,6 +1172,181 @@ class DatasetSet:
         self.close()
 
 
+# What the files read as one dataset must share (`DatasetSet`, `ShardedDataset`).
+_SAME_SOURCE = (("game", ""), ("teacher_sha256", " (the labelling teacher)"),
+                ("num_actions", ""), ("stored_feature_dim", " (teacher features stored)"),
+                ("preprocessing", ""))
+
+
+def _check_same_source(parts: Sequence[Dataset]) -> None:
+    """Raises DatasetError unless every file matches the first in game,
+    labelling teacher, action and feature counts, and preprocessing."""
+    first = parts[0]
+    for ds in parts[1:]:
+        for name, note in _SAME_SOURCE:
+            want, found = getattr(first, name), getattr(ds, name)
+            if want == found:
+                continue
+            if name == "preprocessing":
+                a, b = want.to_dict(), found.to_dict()
+                want = ", ".join(f"{k}={a[k]!r}" for k in a if a[k] != b[k])
+                found = ", ".join(f"{k}={b[k]!r}" for k in a if a[k] != b[k])
+            raise DatasetError(
+                f"dataset {ds.path} cannot be read with {first.path} as one dataset: its "
+                f"{name} differs{note}: found {found!r}, expected {want!r} (that of "
+                f"{first.path})")
+
+
+class ShardedDataset(Dataset):
+    """A sharded dataset: a folder of part files read as one dataset.
+
+    `Dataset(folder)` returns one; it reads like a `Dataset` of one file
+    (counts, episode table, sessions, `read_rows`, `read_block`, `attrs`,
+    `check_compatible`). It opens only when all the parts
+    `part-<i>-of-<N>.h5`, i = 0..N-1, are complete and agree (module
+    docstring): a part still being written (`.partial.h5`) or missing
+    makes the folder incomplete. Rows and episodes are numbered across the
+    parts in part order, then in file order, and a prefix (`max_episodes`)
+    is one of that order.
+
+    Attributes:
+      part_paths: the part files, in part order.
+      num_shards: how many parts.
+      base_seed: the base seed the parts' seeds derive from.
+
+    Raises:
+      DatasetError: the folder holds no parts, parts of several splits,
+        not all N complete parts, or parts that disagree.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_episodes: int | None = None):
+        self.path = Path(path)
+        self.part_paths = _complete_parts(self.path)
+        self._set = DatasetSet(self.part_paths)
+        try:
+            self._check_shards()
+            if max_episodes is not None:
+                self._show_prefix(int(max_episodes))
+        except Exception:
+            self._set.close()
+            raise
+        parts = self._set.parts
+        self._set.path = self.path  # Its messages name the folder.
+        self.num_shards = len(parts)
+        self.base_seed = parts[0].shard.base_seed
+        self.schema_version = parts[0].schema_version
+        for name in ("game", "num_actions", "feature_dim", "stored_feature_dim",
+                     "teacher_sha256", "teacher_kind", "teacher_value_source",
+                     "preprocessing", "num_agent_steps", "num_episodes", "episode_starts",
+                     "episode_lengths", "episode_returns"):
+            setattr(self, name, getattr(self._set, name))
+
+    def _check_shards(self) -> None:
+        parts, n = self._set.parts, len(self._set.parts)
+        base = None
+        for k, ds in enumerate(parts):
+            shard = ds.shard
+            if shard is None:
+                raise DatasetError(
+                    f"dataset part {ds.path} has no shard attributes (shard_index, "
+                    "num_shards): expected a part written by build_datasets --num_shards, "
+                    "found a whole dataset's file under a part's name")
+            if (shard.index, shard.count) != (k, n):
+                raise DatasetError(
+                    f"dataset part {ds.path} is part {shard.index} of {shard.count} by its "
+                    f"attributes, expected part {k} of {n} by its name (was it renamed?)")
+            if base is None:
+                base = shard.base_seed
+            elif shard.base_seed != base:
+                raise DatasetError(
+                    f"dataset part {ds.path} derives its seeds from base seed "
+                    f"{shard.base_seed}, expected {base} as in {parts[0].path}: the parts "
+                    "were built with different --seed values; rebuild it with the others' "
+                    "--seed (--shard_index={k} --rebuild_datasets)")
+
+    def _show_prefix(self, max_episodes: int) -> None:
+        parts = self._set.parts
+        total = sum(ds.num_episodes for ds in parts)
+        if max_episodes > total:
+            raise DatasetError(
+                f"dataset {self.path} holds {total} episodes, fewer than the {max_episodes} "
+                "asked for (was it rebuilt or replaced since?)")
+        left = max_episodes
+        for ds in parts:  # Part order, then file order.
+            take = min(left, ds.num_episodes)
+            ds._load(take)
+            left -= take
+        self._set._index()
+
+    @property
+    def shard(self) -> Shard | None:
+        return None  # The whole dataset, not a part of it.
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Part 0's file attributes with the dataset's counts, its base seed
+        (`seed`), `num_shards`, and per part (`parts`) its file name,
+        counts, creation time and host."""
+        parts = self._set.parts
+        out = parts[0].attrs
+        for name in ("shard_index", "shard_base_seed", "created_host"):
+            out.pop(name, None)
+        out.update(
+            seed=self.base_seed, num_shards=self.num_shards,
+            num_agent_steps=self.num_agent_steps, num_episodes=self.num_episodes,
+            mean_episode_return=(float(np.mean(self.episode_returns)) if self.num_episodes
+                                 else float("nan")),
+            created_utc=min(str(ds.attrs.get("created_utc", "")) for ds in parts),
+            parts=[{"file": ds.path.name, "num_agent_steps": ds.num_agent_steps,
+                    "num_episodes": ds.num_episodes,
+                    "created_utc": ds.attrs.get("created_utc"),
+                    "created_host": ds.attrs.get("created_host")} for ds in parts])
+        return out
+
+    @property
+    def sessions(self) -> list[Session]:
+        """Every part's sessions in part order, step ranges in the dataset's rows."""
+        return self._set.sessions
+
+    def read_rows(self, start: int, stop: int, fields: Sequence[str] = STEP_FIELDS,
+                  history: int = 0) -> dict[str, Any]:
+        """`Dataset.read_rows` over the dataset's rows (see `DatasetSet.read_rows`)."""
+        return self._set.read_rows(start, stop, fields, history)
+
+    def close(self):
+        self._set.close()
+
+
+def _complete_parts(folder: Path) -> list[Path]:
+    """A sharded dataset's part files in order, or DatasetError unless all
+    N are complete."""
+    complete, partial, counts = part_files(folder)
+    if not counts:
+        raise DatasetError(
+            f"dataset folder {folder} holds no part files: expected part-00000-of-<N>.h5 "
+            "... part-<N-1>-of-<N>.h5, written by build_datasets --num_shards=N")
+    if len(counts) > 1:
+        raise DatasetError(
+            f"dataset folder {folder} holds parts of several splits ({sorted(counts)} "
+            "shards): expected the parts of one split; delete the folder and build it anew")
+    n = counts.pop()
+    beyond = sorted(p.name for i, p in {**complete, **partial}.items() if i >= n)
+    if beyond:
+        raise DatasetError(
+            f"dataset folder {folder} holds {beyond}: part indexes must be below the "
+            f"{n} shards the names give")
+    missing = [i for i in range(n) if i not in complete]
+    if missing:
+        writing = [partial[i].name for i in missing if i in partial]
+        raise DatasetError(
+            f"dataset {folder} is incomplete: expected {n} complete parts, found "
+            f"{n - len(missing)}; missing part(s) {missing}"
+            + (f" ({', '.join(writing)} being written, or interrupted)" if writing else "")
+            + f". Build them (build_datasets --num_shards={n} --shard_index=I, with the "
+            "other parts' flags), then read the dataset")
+    return [complete[i] for i in range(n)]
+
+
 def stack_rows(block: dict[str, Any], rows: np.ndarray, frame_stack: int) -> np.ndarray:
     """Observations of some rows (0-based in the block) of a `read_rows` block."""
     rows = np.asarray(rows, np.int64)
@@ -1030,6 +1372,9 @@ def upgrade(path: str | os.PathLike, keep_backup: bool = True) -> Path | None:
     import h5py
 
     path = Path(path)
+    if path.is_dir():  # Parts are written by this version's writer only.
+        with Dataset(path):
+            return None
     backup = path.with_name(path.stem + ".v1" + path.suffix)
     with file_lock(path):
         with Dataset(path) as old:
@@ -1082,6 +1427,11 @@ def describe(path: str | os.PathLike) -> str:
                  f"{ds.num_agent_steps:,} agent steps in {ds.num_episodes} episodes, mean "
                  f"return {ds.attrs.get('mean_episode_return', float('nan')):.1f}",
                  "  session  behaviour  beta    epsilon  seed          steps"]
+        if isinstance(ds, ShardedDataset):
+            parts = [f"  {ds.num_shards} parts in {ds.path} (base seed {ds.base_seed}):"]
+            parts += [f"    {p['file']}: {p['num_agent_steps']:,} agent steps in "
+                      f"{p['num_episodes']} episodes" for p in ds.attrs["parts"]]
+            lines[1:1] = parts
         for i, s in enumerate(ds.sessions):
             steps = (f"{s.step_start:,}-{s.step_stop:,}" if s.step_start >= 0 else "unknown")
             lines.append(f"  {i:<7}  {s.behaviour:<9}  {s.beta:<6.3g}  {s.epsilon:<7.3g}  "
@@ -1092,7 +1442,8 @@ def describe(path: str | os.PathLike) -> str:
 def main(argv: Sequence[str]) -> int:
     """`python -m multidistill.datasets info|upgrade FILE [FILE ...]`."""
     usage = ("usage: python -m multidistill.datasets info|upgrade FILE [FILE ...]\n"
-             "  info     prints each file's counts and recording sessions (who acted)\n"
+             "  info     prints each file's counts and recording sessions (who acted); "
+             "FILE may be a sharded dataset's folder of part files\n"
              "  upgrade  rewrites version 1 dataset files as version 2 (the v1 file is kept "
              "as <name>.v1.h5)")
     if len(argv) < 2 or argv[0] not in ("info", "upgrade"):

@@ -6,7 +6,9 @@ cards, configs, reports, plots, new dataset files) goes through
 target, flushed to disk (fsync), renamed over the target, and the folder
 entry is synced too. The target name therefore always holds either the old
 complete file or the new complete file, whatever moment the process dies
-at, and a completed write survives a power cut.
+at, and a completed write survives a power cut. A file recorded for long
+under another name (a dataset part, `.partial.h5`) is moved into place the
+same way, by `rename_into_place`.
 """
 
 from __future__ import annotations
@@ -60,11 +62,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     tmp = temporary_path(path)
     try:
         write(tmp)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
+        rename_into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def rename_into_place(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Renames a file written under another name in the same folder (a
+    temporary name, or a long recording's "partial" name) over `path`, as
+    `atomic_write` does: the source is synced to disk first and the folder
+    entry after, so `path` holds the whole file or its old content.
+
+    Returns:
+      `path`, as a Path.
+    """
+    path = Path(path)
+    _fsync_path(Path(source))
+    os.replace(source, path)
     _fsync_path(path.parent, directory=True)
     return path
 
