@@ -17,6 +17,15 @@ Czarnecki et al. differ in who acts, not in who labels):
 together (one labeller call per vector step, which the teacher behaviour
 reuses to act) and appends completed episodes to a `datasets.DatasetWriter`,
 one session per call, until the file holds at least `num_agent_steps` steps.
+
+A dataset can also be recorded in parts, each by its own worker
+(`build_shard`, one part of a sharded dataset, see `datasets`): part i of N
+records its share of the game's steps (`shard_config`: the game's
+`num_agent_steps` split as evenly as whole steps allow, the first parts
+taking the remainder) with seeds derived from (the base seed, i) alone, in
+one lockstep environment group unless the config names another grouping,
+so that the part's content does not depend on who records it, nor on that
+machine's core count (`environments.env_groups` would pick by it).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from typing import Protocol
 
 import numpy as np
 
-from multidistill import acting, datasets, environments, interrupts
+from multidistill import acting, datasets, environments, files, interrupts
 from multidistill import games as games_lib
 from multidistill import teachers as teachers_lib
 
@@ -267,6 +276,67 @@ def _session_seed(seed: int, session: int) -> int:
     return int(np.random.SeedSequence([seed, session]).generate_state(1)[0] % (2**31 - 1))
 
 
+def shard_seed(base_seed: int, shard_index: int) -> int:
+    """The seed of part `shard_index` of a sharded dataset: the first word
+    of child `shard_index` of `numpy.random.SeedSequence(base_seed)` (what
+    `.spawn()` gives), reduced to [0, 2**31 - 1). It does not depend on the
+    number of parts. Its sessions are seeded from it as a whole file's are
+    from the base seed."""
+    child = np.random.SeedSequence(base_seed, spawn_key=(shard_index,))
+    return int(child.generate_state(1)[0] % (2**31 - 1))
+
+
+def shard_config(config: CollectConfig, shard: datasets.Shard) -> CollectConfig:
+    """The recording settings of one part: its share of the game's budget,
+    its own seed (`shard_seed`) and a fixed environment grouping.
+
+    Part i of N records `config.num_agent_steps // N` steps, one more for
+    the first `config.num_agent_steps % N` parts, so the shares sum to the
+    game's steps. Unset grouping (`num_env_groups` 0, `overlap_env_groups`
+    None) becomes one lockstep group, whatever the core count.
+
+    Raises:
+      ValueError: fewer steps than parts (a part would record nothing).
+    """
+    if config.num_agent_steps < shard.count:
+        raise ValueError(
+            f"num_agent_steps ({config.num_agent_steps}) is fewer than the {shard.count} "
+            "shards: every part records at least one step")
+    share = config.num_agent_steps // shard.count + (
+        shard.index < config.num_agent_steps % shard.count)
+    return dataclasses.replace(
+        config, num_agent_steps=share, seed=shard_seed(config.seed, shard.index),
+        num_env_groups=config.num_env_groups or 1,
+        overlap_env_groups=(False if config.overlap_env_groups is None
+                            else config.overlap_env_groups))
+
+
+def _summary(game: str, path, ds) -> dict:
+    """The summary of a build that added nothing to the dataset `ds`."""
+    return dict(game=game, path=str(path), added_agent_steps=0,
+                num_agent_steps=ds.num_agent_steps, num_episodes=ds.num_episodes,
+                seconds=0.0, agent_steps_per_s=0.0, interrupted="")
+
+
+def _open_writer(path: Path, teacher: teachers_lib.Teacher, game: games_lib.Game,
+                 preprocessing: environments.Preprocessing, seed: int,
+                 shard: datasets.Shard | None = None) -> datasets.DatasetWriter:
+    return datasets.DatasetWriter(
+        path,
+        game=game.name,
+        rom_md5=game.rom_md5,
+        num_actions=teacher.num_actions,
+        feature_dim=teacher.feature_dim,
+        preprocessing=preprocessing,
+        teacher_sha256=teacher.sha256,
+        teacher_kind=teacher.kind,
+        teacher_path=str(teacher.path),
+        teacher_value_source=teacher.value_source,
+        seed=seed,
+        shard=shard,
+    )
+
+
 def build_dataset(
     teacher: teachers_lib.Teacher,
     path: str | os.PathLike,
@@ -280,7 +350,9 @@ def build_dataset(
 
     Args:
       teacher: the game's teacher (the labeller).
-      path: the dataset file; appended to if it exists and fits.
+      path: the dataset file; appended to if it exists and fits. A sharded
+        dataset's folder is used as it is when it holds enough steps (it is
+        never topped up: `build_shard` writes parts).
       config: sizes and seeds.
       preprocessing: the run's spec; must be the teacher's.
       behaviour: who acts (default: `make_behaviour(config, teacher)`).
@@ -293,38 +365,143 @@ def build_dataset(
 
     Raises:
       DatasetError: the existing file does not fit (other teacher or spec),
-        is damaged, or is locked by another builder.
+        is damaged, or is locked by another builder; a sharded dataset at
+        `path` is incomplete, does not fit, holds too few steps, or is to
+        be rebuilt.
     """
     path = Path(path)
     game = games_lib.get_game(teacher.game, preprocessing.full_action_space)
     behaviour = behaviour or make_behaviour(config, teacher)
+    if path.is_dir():
+        return _use_sharded(path, teacher, game, config, preprocessing, rebuild)
     if path.exists() and not rebuild:
         # Big enough already: read-only, so a training run may hold the file.
         with datasets.Dataset(path) as ds:
             ds.check_compatible(game.name, preprocessing, teacher.sha256)
             if ds.num_agent_steps >= config.num_agent_steps:
-                return dict(game=game.name, path=str(path), added_agent_steps=0,
-                            num_agent_steps=ds.num_agent_steps,
-                            num_episodes=ds.num_episodes, seconds=0.0,
-                            agent_steps_per_s=0.0, interrupted="")
+                return _summary(game.name, path, ds)
     with datasets.file_lock(path):
         if rebuild and path.exists():
             path.unlink()
-        writer = datasets.DatasetWriter(
-            path,
-            game=game.name,
-            rom_md5=game.rom_md5,
-            num_actions=teacher.num_actions,
-            feature_dim=teacher.feature_dim,
-            preprocessing=preprocessing,
-            teacher_sha256=teacher.sha256,
-            teacher_kind=teacher.kind,
-            teacher_path=str(teacher.path),
-            teacher_value_source=teacher.value_source,
-            seed=config.seed,
-        )
-        with writer:
+        with _open_writer(path, teacher, game, preprocessing, config.seed) as writer:
             return record(writer, teacher, behaviour, game, config, preprocessing, progress)
+
+
+def _use_sharded(folder: Path, teacher: teachers_lib.Teacher, game: games_lib.Game,
+                 config: CollectConfig, preprocessing: environments.Preprocessing,
+                 rebuild: bool) -> dict:
+    """A sharded dataset as it is, if whole, fitting and big enough."""
+    if rebuild:
+        raise datasets.DatasetError(
+            f"dataset {folder} is sharded (a folder of part files): rebuilding replaces "
+            "single files only; rebuild its parts with build_datasets --num_shards=N "
+            "--rebuild_datasets, or delete the folder")
+    with datasets.Dataset(folder) as ds:
+        ds.check_compatible(game.name, preprocessing, teacher.sha256)
+        if ds.num_agent_steps < config.num_agent_steps:
+            raise datasets.DatasetError(
+                f"sharded dataset {folder} holds {ds.num_agent_steps} agent steps, fewer than "
+                f"the {config.num_agent_steps} asked for: its parts are never topped up; ask "
+                f"for at most {ds.num_agent_steps} steps, or rebuild the parts with more "
+                f"(build_datasets --num_shards={ds.num_shards} "
+                f"--num_agent_steps={config.num_agent_steps} --rebuild_datasets)")
+        return _summary(game.name, folder, ds)
+
+
+def build_shard(
+    teacher: teachers_lib.Teacher,
+    datasets_dir: str | os.PathLike,
+    config: CollectConfig,
+    preprocessing: environments.Preprocessing,
+    shard: datasets.Shard,
+    behaviour: BehaviourPolicy | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Records one part of a game's sharded dataset in `datasets_dir`.
+
+    The part (`datasets.part_path`) records `shard_config(config, shard)`:
+    its share of `config.num_agent_steps`, seeded from (`config.seed`,
+    `shard.index`). It is written as `.partial.h5` and renamed to its final
+    name once it holds its share: a killed part resumes from its last whole
+    episode on the next call (a new session; a part killed before its first
+    episode starts afresh, so it comes out as if never killed), and a
+    complete part is left as it is.
+
+    Args:
+      teacher: the game's teacher (the labeller).
+      datasets_dir: the folder of datasets (the part goes to `<game>/`).
+      config: the whole game's recording settings (`num_agent_steps`: the
+        steps of all parts together; `seed`: the base seed).
+      preprocessing: the run's spec; must be the teacher's.
+      shard: which part, of how many; its `base_seed` must be `config.seed`.
+      behaviour: who acts (default: `make_behaviour`).
+      rebuild: delete this part (complete or partial) first.
+      progress: show a progress bar.
+
+    Returns:
+      The summary of `build_dataset`, `path` the part's final name (its
+      `.partial.h5` name while `interrupted`).
+
+    Raises:
+      DatasetError: the game's dataset is a single file, or its folder holds
+        parts of another split; an existing part does not fit (teacher,
+        spec, base seed), holds fewer steps than its share, or is locked.
+      ValueError: `shard.base_seed` is not `config.seed`, or fewer steps
+        than parts.
+    """
+    if shard.base_seed != config.seed:
+        raise ValueError(f"shard base seed {shard.base_seed} is not the config's seed "
+                         f"{config.seed}")
+    game = games_lib.get_game(teacher.game, preprocessing.full_action_space)
+    part_config = shard_config(config, shard)
+    behaviour = behaviour or make_behaviour(part_config, teacher)
+    datasets.check_layout(datasets_dir, game.name, shard.count)
+    final = datasets.part_path(datasets_dir, game.name, shard)
+    partial = datasets.partial_path(final)
+    with datasets.file_lock(final):  # Guards both names of this part.
+        if rebuild:
+            final.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+        if final.exists():
+            with datasets.Dataset(final) as ds:
+                _check_part(ds, game.name, preprocessing, teacher.sha256, shard)
+                if ds.num_agent_steps < part_config.num_agent_steps:
+                    raise datasets.DatasetError(
+                        f"part {final} is complete with {ds.num_agent_steps} agent steps, "
+                        f"fewer than the {part_config.num_agent_steps} this run asks of part "
+                        f"{shard.index} ({config.num_agent_steps} for {game.name} over "
+                        f"{shard.count} parts): a complete part is never topped up; pass "
+                        "--rebuild_datasets to write it anew, or ask for fewer steps")
+                return _summary(game.name, final, ds)
+        if partial.exists():
+            with datasets.Dataset(partial) as ds:
+                empty = ds.num_episodes == 0
+            if empty:  # Killed before its first episode: as if never started.
+                partial.unlink()
+        with _open_writer(partial, teacher, game, preprocessing, part_config.seed,
+                          shard) as writer:
+            summary = record(writer, teacher, behaviour, game, part_config, preprocessing,
+                             progress)
+            complete = writer.num_agent_steps >= part_config.num_agent_steps
+        if not complete:  # Interrupted: resumed by the next call.
+            return summary
+        files.rename_into_place(partial, final)
+    return dict(summary, path=str(final))
+
+
+def _check_part(ds: datasets.Dataset, game: str, preprocessing: environments.Preprocessing,
+                teacher_sha256: str, shard: datasets.Shard) -> None:
+    """Raises DatasetError unless a complete part fits this run and is `shard`."""
+    ds.check_compatible(game, preprocessing, teacher_sha256)
+    found = ds.shard
+    if found != shard:
+        was = ("a whole dataset" if found is None else
+               f"part {found.index} of {found.count} with base seed {found.base_seed}")
+        raise datasets.DatasetError(
+            f"part {ds.path} was written as {was}, this run asks for part {shard.index} of "
+            f"{shard.count} with base seed {shard.base_seed} (--seed): delete it or pass "
+            "--rebuild_datasets")
 
 
 def record(writer: datasets.DatasetWriter, labeller: teachers_lib.Teacher,
@@ -570,13 +747,26 @@ def ensure_datasets(
 
 
 def check_existing(teachers: dict[str, teachers_lib.Teacher], datasets_dir,
-                   preprocessing: environments.Preprocessing, rebuild: bool) -> None:
-    """Refuses, before any long work, a dataset file labelled by another
-    teacher or with another preprocessing (unless it is to be rebuilt)."""
-    if rebuild:
-        return
+                   preprocessing: environments.Preprocessing, rebuild: bool,
+                   num_shards: int = 1) -> None:
+    """Refuses, before any long work, a dataset labelled by another teacher
+    or with another preprocessing (unless it is to be rebuilt), and a
+    dataset in another layout than `num_shards` asks for (a single file for
+    1, a folder of parts for more; `datasets.check_layout`), whatever
+    `rebuild`. With `num_shards` > 1 every part there, complete or being
+    written, is checked."""
     for game, teacher in teachers.items():
-        path = datasets.dataset_path(datasets_dir, game)
-        if path.exists():
+        datasets.check_layout(datasets_dir, game, num_shards)
+        if rebuild:
+            continue
+        folder = datasets.shard_folder(datasets_dir, game)
+        if num_shards > 1:
+            complete, partial, _ = (datasets.part_files(folder) if folder.is_dir()
+                                    else ({}, {}, set()))
+            paths = [*complete.values(), *partial.values()]
+        else:
+            path = datasets.dataset_path(datasets_dir, game)
+            paths = [path] if path.exists() else []
+        for path in paths:
             with datasets.Dataset(path) as ds:
                 ds.check_compatible(game, preprocessing, teacher.sha256)

@@ -98,7 +98,10 @@ def build_datasets(teachers: dict[str, teachers_lib.Teacher], datasets_dir: str 
                    behaviours: dict[str, collect.BehaviourPolicy], rebuild: bool = False,
                    progress: bool = True) -> tuple[list[str], dict[str, dict]]:
     """Builds, or tops up to `config.num_agent_steps`, each game's dataset in
-    `datasets_dir`, `behaviours[game]` acting and the teacher labelling.
+    `datasets_dir`, `behaviours[game]` acting and the teacher labelling. A
+    game whose dataset is sharded (a folder of parts that build_datasets
+    --num_shards wrote) uses it as it is, if it holds enough steps
+    (`collect.build_dataset`).
 
     Check the existing files first (`collect.check_existing`), before
     anything slow.
