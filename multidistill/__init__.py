@@ -9,6 +9,8 @@ The pipeline, one flat module per role, in the order data flows:
                    acting rule
     acting         the vectorised play loop and episode bookkeeping
     collect        a behaviour policy acts, the teacher labels -> datasets
+                   (whole, or one part of a sharded dataset)
+    executors      where dataset parts are recorded: here, or as Ray tasks
     datasets       the HDF5 schema: the only module that reads or writes it
     pipeline       batch sources: minibatches drawn across games
     objectives     what the student minimises and the batch fields it needs
