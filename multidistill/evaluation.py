@@ -327,7 +327,8 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                  protocol: EvalProtocol, evaluate_teachers: bool = True,
                  out_dir: str | os.PathLike | None = None, progress: bool = True,
                  extra: dict | None = None, allow_unsafe_teacher: bool = False,
-                 video_seconds: float = 0.0) -> dict:
+                 video_seconds: float = 0.0,
+                 teacher_cache: str | os.PathLike | None = None) -> dict:
     """Evaluates the student on `games` (and their teachers), writes the report.
 
     Teachers are played under the same protocol and seeds as the student
@@ -339,6 +340,11 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
       video_seconds: with `out_dir`, also record per game a side-by-side
         video of the student and its teacher playing the evaluation's first
         seed (`videos/<game>.gif`), at most this long in game time; 0: none.
+      teacher_cache: with `evaluate_teachers`, a JSON file of teachers'
+        episodes (`TeacherScoreCache`): a teacher whose file, game, protocol
+        and preprocessing are there is not played again (the same seeds give
+        the same episodes, so the ratio stays paired); others are played and
+        added. For several students against the same teachers (a sweep).
 
     Returns:
       The report (see `make_report`), also written to `out_dir` if given,
@@ -350,6 +356,7 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             f"--games names {missing}, which the student has no head for: it was "
             f"trained on {student.games}")
     kinds = teacher_kinds_of(student)
+    cache = TeacherScoreCache(teacher_cache) if teacher_cache is not None else None
     student_scores, teacher_scores, teacher_params, videos = {}, {}, {}, {}
     for game in games:
         teacher = teacher_predict = None
@@ -359,9 +366,19 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             teacher_params[game] = int(teacher.policy_model.count_params())
             teacher_predict = predict_fn(teacher.policy_model)
         if evaluate_teachers:
-            s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
-                         protocol, progress, label=f"{game} teacher")
-            teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
+            key = cache and cache.key(teacher.sha256, game, protocol, preprocessing)
+            cached = cache and cache.get(key)
+            if cached is not None:
+                if progress:
+                    print(f"{game} teacher: its episodes on these seeds from {cache.path}")
+                teacher_scores[game] = dict(cached, source="evaluated with the student",
+                                            cached_from=str(cache.path))
+            else:
+                s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
+                             protocol, progress, label=f"{game} teacher")
+                teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
+                if cache:
+                    cache.put(key, s.to_dict())
         else:
             _, card_path = teachers_lib.teacher_paths(game, teachers_dir)
             card = teachers_lib.read_card(card_path, game, Path(teachers_dir))
@@ -395,6 +412,43 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
     if out_dir is not None:
         write_report(report, out_dir)
     return report
+
+
+class TeacherScoreCache:
+    """Teachers' evaluation episodes in one JSON file, by teacher file
+    (sha256), game, protocol and preprocessing, so that students evaluated
+    against the same teachers on the same seeds play each teacher once.
+
+    The file maps `key(...)` strings to `Scores.to_dict()` dicts; it is
+    rewritten atomically on every `put`, and an unreadable file is treated as
+    empty (its teachers are played again) rather than trusted.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @staticmethod
+    def key(teacher_sha256: str, game: str, protocol: EvalProtocol,
+            preprocessing: environments.Preprocessing) -> str:
+        return json.dumps({"teacher_sha256": teacher_sha256, "game": game,
+                           "protocol": protocol.to_dict([game]),
+                           "preprocessing": preprocessing.to_dict()}, sort_keys=True)
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> dict | None:
+        return self._read().get(key)
+
+    def put(self, key: str, scores: dict) -> None:
+        data = self._read()
+        data[key] = scores
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        files.atomic_write_text(self.path, json.dumps(data, indent=1) + "\n")
 
 
 # -- reports ---------------------------------------------------------------

@@ -204,7 +204,8 @@ def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike
                      protocol: evaluation.EvalProtocol, *, grad_steps: int, extra: dict,
                      t_start: float, evaluate_teachers: bool = True,
                      allow_unsafe_teacher: bool = False, video_seconds: float = 0.0,
-                     progress: bool = True) -> dict:
+                     progress: bool = True,
+                     teacher_cache: str | os.PathLike | None = None) -> dict:
     """Evaluates the run's student (and its teachers) and writes the run's
     report: report.json, report.md, the plots, and the evaluation's scalars
     in the run's logs at `grad_steps`.
@@ -213,6 +214,8 @@ def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike
       extra: more fields for the report (`evaluation.evaluate_run`); its
         "timing" gains `eval_seconds` and `total_seconds` (since `t_start`,
         a `time.perf_counter()` value).
+      teacher_cache: `evaluation.evaluate_run`'s: teachers' episodes kept
+        across students (a sweep).
 
     Returns:
       The report.
@@ -224,7 +227,8 @@ def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike
     report = evaluation.evaluate_run(
         student, list(games), teachers_dir, spec, protocol,
         evaluate_teachers=evaluate_teachers, out_dir=run_dir, progress=progress,
-        allow_unsafe_teacher=allow_unsafe_teacher, video_seconds=video_seconds, extra=extra)
+        allow_unsafe_teacher=allow_unsafe_teacher, video_seconds=video_seconds, extra=extra,
+        teacher_cache=teacher_cache)
     distiller.record_evaluation(run_dir, config, report, grad_steps)
     report.setdefault("timing", {}).update(eval_seconds=time.perf_counter() - t_eval,
                                            total_seconds=time.perf_counter() - t_start)

@@ -70,6 +70,8 @@ FLAGS = flags.FLAGS
 
 FORMAT = "multidistill-sweep/1"
 ROW_FILE = "sweep_row.json"
+# The teachers' evaluation episodes, played once for every size (evaluation.TeacherScoreCache).
+TEACHER_CACHE_FILE = "teacher_scores.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,6 +354,7 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
             grad_steps=training["grad_steps"], t_start=t_start,
             evaluate_teachers=evaluate_teachers, allow_unsafe_teacher=allow_unsafe_teacher,
             video_seconds=video_seconds, progress=progress,
+            teacher_cache=out_dir / TEACHER_CACHE_FILE,
             extra={"run_dir": str(run_dir), **(extra or {}),
                    "sweep": {"output_dir": str(out_dir), "size": size},
                    "training": training, "config": size_config.to_dict(),

@@ -1,5 +1,6 @@
 """Evaluation protocol and report numbers against hand computations."""
 
+import json
 import math
 
 import numpy as np
@@ -192,3 +193,29 @@ def test_predict_fn_runs_a_mixed_precision_shared18_student_in_float32():
     x = np.random.default_rng(2).integers(0, 256, (4, 4, 84, 84), dtype=np.uint8)
     got = evaluation.predict_fn(student.policy_network("pong"))(x)
     np.testing.assert_allclose(got, np.asarray(f32.policy_network("pong")(x)), atol=1e-5)
+
+
+def test_teacher_score_cache_keys_on_teacher_game_protocol_and_preprocessing(tmp_path):
+    cache = evaluation.TeacherScoreCache(tmp_path / "sub" / "teachers.json")
+    spec = environments.Preprocessing()
+    protocol = evaluation.EvalProtocol(num_episodes=4)
+    key = cache.key("abc", "pong", protocol, spec)
+    assert cache.get(key) is None  # No file yet.
+    cache.put(key, {"mean": 1.5, "returns": [1.0, 2.0]})
+    assert cache.get(key) == {"mean": 1.5, "returns": [1.0, 2.0]}
+    # Another teacher file, game, episode count, seed or preprocessing misses.
+    for other in (cache.key("abd", "pong", protocol, spec),
+                  cache.key("abc", "qbert", protocol, spec),
+                  cache.key("abc", "pong", evaluation.EvalProtocol(num_episodes=5), spec),
+                  cache.key("abc", "pong", evaluation.EvalProtocol(num_episodes=4, seed=7), spec),
+                  cache.key("abc", "pong", protocol,
+                            environments.Preprocessing(sticky_action_prob=0.25))):
+        assert other != key and cache.get(other) is None
+    # Threads do not change what is measured, so they share the entry.
+    assert cache.key("abc", "pong", evaluation.EvalProtocol(num_episodes=4, num_threads=1),
+                     spec) == key
+    # A file cut by a crash is not trusted: its teachers are played again.
+    cache.path.write_text('{"x": ')
+    assert cache.get(key) is None
+    cache.put(key, {"mean": 2.0})
+    assert json.loads(cache.path.read_text()) == {key: {"mean": 2.0}}

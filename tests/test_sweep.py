@@ -137,9 +137,26 @@ def test_sweep_rows_resume_and_table(tmp_path, data, spec, teachers_dir, monkeyp
 
     spy("distil", 0)
     spy("evaluate_student", 1)
+    played = []
+    real_evaluate = evaluation.evaluate
+
+    def evaluate(game, predict, kind, *args, label="", **kwargs):
+        played.append(label)
+        return real_evaluate(game, predict, kind, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
     capsys.readouterr()
     rows = _run_sweep(out, ("net3", "tiny"), data, spec, teachers_dir)
     printed = capsys.readouterr().out
+    # The teachers played once for the whole sweep: net3 meets tiny's teacher
+    # episodes from the sweep's cache, still paired with its own on the same seeds.
+    assert played == ["pong student", "freeway student"]
+    net3_report = json.loads((out / "net3" / "report.json").read_text())
+    for g in GAMES:
+        assert net3_report["games"][g]["teacher"]["returns"] == \
+            report["games"][g]["teacher"]["returns"]
+    cache = json.loads((out / sweep.TEACHER_CACHE_FILE).read_text())
+    assert sorted(json.loads(k)["game"] for k in cache) == sorted(GAMES)
     assert [r["size"] for r in rows] == ["net3", "tiny"]
     assert calls == [("distil", str(out / "net3")), ("evaluate_student", str(out / "net3"))]
     assert f"tiny: already evaluated ({out / 'tiny' / sweep.ROW_FILE})" in printed
