@@ -213,7 +213,7 @@ _RULE_NAMES = ("teacher_distill", "on_policy_distill", "on_policy_distill_reward
 
 def define_distill_flags():
     """The student, its objective and its training."""
-    from multidistill import distiller, losses, networks, objectives, pipeline
+    from multidistill import distiller, distribution, losses, networks, objectives, pipeline
 
     d, o, p = distiller.DistillConfig(games=()), objectives.Distillation(), \
         pipeline.PipelineConfig()
@@ -268,6 +268,14 @@ def define_distill_flags():
                          "Gradient steps between checkpoints.")
     flags.DEFINE_integer("eval_every_steps", d.eval_every_steps,
                          "Gradient steps between held-out metrics (TensorBoard).")
+    flags.DEFINE_enum("distribution", d.distribution, list(distribution.DISTRIBUTIONS),
+                      "Devices that train the student. " + "; ".join(
+                          f"{name}: {meaning}" for name, meaning in
+                          distribution.DISTRIBUTIONS.items()) + ". The batch "
+                      "(--batch_size_per_game x games) is the global batch, split evenly over "
+                      "the devices (it must divide); the learning rate is not scaled, so the "
+                      "same flags give the same updates on any device count. A run may "
+                      "resume under another setting.")
 
 
 def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]):
@@ -309,6 +317,7 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
         learning_rate=FLAGS.learning_rate, num_grad_steps=FLAGS.num_grad_steps,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         eval_every_steps=FLAGS.eval_every_steps, precision=precision,
+        distribution=FLAGS.distribution,
         pipeline=pipeline.PipelineConfig(
             batch_size_per_game=FLAGS.batch_size_per_game, seed=FLAGS.seed,
             game_weights=(tuple(weights.get(g, 1.0) for g in games) if weights else None))),

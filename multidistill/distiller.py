@@ -23,6 +23,14 @@ the data prefix recorded in config.json (`data_prefix`), so the resumed run
 sees the batches the uninterrupted run would have seen. SIGINT
 and SIGTERM save a checkpoint before exiting. A NaN or infinite loss stops
 the run and keeps the last good checkpoint.
+
+Devices. `DistillConfig.distribution` names the engine that trains the
+student (`multidistill.distribution`: one device, every device of the
+machine, or several machines): the student and its optimizer are built in
+the engine's scope and each batch goes through `engine.train_on_batch`; the
+loop is the same for all. The source's batch is the global batch whatever
+the engine, so a run may resume on another engine or device count. With
+several workers, only the chief (worker 0) writes the run directory.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from multidistill import (
     students,
     summaries,
 )
+from multidistill import distribution as distribution_lib
 
 
 class TrainingError(ValueError):
@@ -81,6 +90,14 @@ class DistillConfig:
         "per_game", a head per game sized to its minimal action set, or
         "shared18", Actor-Mimic's one 18-way head over ALE's full action
         set with each game's other actions masked.
+      distribution: the engine that trains the student
+        (`distribution_lib.DISTRIBUTIONS`): "none" (one device),
+        "data_parallel" (every device of this machine) or "multi_worker".
+        An execution setting like the precision: the global batch
+        (`global_batch_size`) and the learning rate are the user's whatever
+        the device count, so the same settings give the same updates and a
+        run may resume on another engine. Each device computes on global
+        batch / devices samples, which must divide evenly.
     """
 
     games: tuple[str, ...]
@@ -94,8 +111,12 @@ class DistillConfig:
     pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
     precision: str = "float32"
     student_head: str = "per_game"
+    distribution: str = "none"
 
     def __post_init__(self):
+        if self.distribution not in distribution_lib.DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of "
+                             f"{list(distribution_lib.DISTRIBUTIONS)}, found {self.distribution!r}")
         if self.precision not in networks.PRECISIONS:
             raise ValueError(f"precision must be one of {list(networks.PRECISIONS)}, "
                              f"found {self.precision!r}")
@@ -117,6 +138,11 @@ class DistillConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, found {self.learning_rate}")
 
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per gradient step over all devices and workers."""
+        return self.pipeline.batch_size_per_game * len(self.games)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["games"] = list(self.games)
@@ -126,7 +152,8 @@ class DistillConfig:
     def identity(self) -> dict:
         """The settings a resumed run must share (the step budget may grow)."""
         d = self.to_dict()
-        for k in ("num_grad_steps", "checkpoint_every_steps", "eval_every_steps", "precision"):
+        for k in ("num_grad_steps", "checkpoint_every_steps", "eval_every_steps", "precision",
+                  "distribution"):
             d.pop(k)
         d["pipeline"].pop("prefetch_batches")
         # Runs from before the choice had a head per game: they stay resumable.
@@ -138,6 +165,13 @@ class DistillConfig:
 def build_student(config: DistillConfig, num_actions: Sequence[int],
                   feature_dims: Sequence[int], spec: environments.Preprocessing,
                   extra_config: dict | None = None):
+    """The student and its Adam optimizer, built and compiled in the scope of
+    the engine `config.distribution` (where their variables must be made)."""
+    with distribution_lib.get_engine(config.distribution).scope():
+        return _build_student(config, num_actions, feature_dims, spec, extra_config)
+
+
+def _build_student(config, num_actions, feature_dims, spec, extra_config):
     import keras
 
     from multidistill import games as games_lib
@@ -244,6 +278,16 @@ def record_evaluation(run_dir: str | os.PathLike, config: DistillConfig, report:
     plot_run_curves(run_dir, config.games)
 
 
+class _NoWriter:
+    """The scalar writer of a worker other than the chief: writes nothing."""
+
+    def scalars(self, step, values):
+        pass
+
+    def close(self):
+        pass
+
+
 class Distiller:
     """Owns a run directory: builds or resumes the student, trains, checkpoints."""
 
@@ -274,6 +318,11 @@ class Distiller:
         self.spec = spec
         self.source = source
         self._check_source(source)
+        self.engine = distribution_lib.get_engine(config.distribution)
+        try:
+            self.engine.check_batch_size(source.batch_size)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         # Compared as JSON (tuples and lists alike), as config.json stores it.
         run_identity = json.loads(json.dumps(
             {"config": config.identity(), "teacher_kinds": list(teacher_kinds),
@@ -290,8 +339,10 @@ class Distiller:
                     f"run directory {self.run_dir} holds a run with other settings or "
                     f"other datasets (differs in: {', '.join(diff)}): a resumed run must "
                     "see the data it started with; use another --run_dir, or delete it")
-        files.atomic_write_text(config_path, json.dumps(
-            {"identity": run_identity, "config": config.to_dict()}, indent=2))
+        if self.engine.is_chief:
+            files.atomic_write_text(config_path, json.dumps(
+                {"identity": run_identity, "config": config.to_dict(),
+                 "engine": self.engine.describe()}, indent=2))
         self.student, self.optimizer = build_student(
             config, source.num_actions, source.feature_dims, spec,
             extra_config={"teacher_kinds": list(teacher_kinds)})
@@ -304,7 +355,8 @@ class Distiller:
             state = checkpoints.restore(self.ckpt_path, self.student, self.optimizer)
             self.grad_step = int(state["grad_step"])
             self._seconds_before = float(state.get("train_seconds", 0.0))
-        self.writer = summaries.ScalarWriter(self.run_dir)
+        self.writer = summaries.ScalarWriter(self.run_dir) if self.engine.is_chief \
+            else _NoWriter()
         self._holdout = [source.holdout(g) for g in range(len(config.games))]
 
     def _check_source(self, source: pipeline.BatchSource) -> None:
@@ -346,6 +398,9 @@ class Distiller:
         return self.run_dir / "student.keras"
 
     def save_checkpoint(self) -> None:
+        """Checkpoint, student and curves (by the chief; other workers write nothing)."""
+        if not self.engine.is_chief:
+            return
         checkpoints.save(self.ckpt_path, self.student, self.optimizer,
                          {"grad_step": self.grad_step, "train_seconds": self.train_seconds})
         students.save_student(self.student, self.student_path)
@@ -365,7 +420,8 @@ class Distiller:
             for k in range(0, n, 256):
                 # Fixed-size chunks (the last one padded): one compiled shape.
                 xs = {name: acting.pad_rows(v[k:k + 256], 256) for name, v in x.items()}
-                preds.append(np.asarray(self.student.predict_on_batch(xs)["logits"]))
+                preds.append(np.asarray(
+                    self.engine.predict_on_batch(self.student, xs)["logits"]))
             logits = np.concatenate(preds)[:n]
             a = self.student.num_actions[g]
             t_out, s_out = y["teacher_outputs"][:, :a], logits[:, :a]
@@ -384,8 +440,7 @@ class Distiller:
         if self.grad_step >= self.config.num_grad_steps:
             return
         for index, x, y in self.source.iterate(self.grad_step):
-            loss = self.student.train_on_batch(x, y)
-            loss = float(np.asarray(loss).reshape(-1)[0])
+            loss = self.engine.train_on_batch(self.student, x, y)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"the training loss became {loss} at gradient step {index + 1}: "

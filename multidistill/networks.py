@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import multidistill
+from multidistill import distribution
 from multidistill import games as games_lib
 
 multidistill.import_keras_quietly()
@@ -407,12 +408,16 @@ class MultiTaskStudent(keras.Model):
         return hidden, [kernel[:, index], bias[index]]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The attached objective's loss of a batch (`multidistill.objectives`)."""
+        """The attached objective's loss of a batch (`multidistill.objectives`);
+        under a TensorFlow strategy, a replica's share of it
+        (`distribution.per_replica_loss`)."""
         if self.objective is None:
             raise ValueError(
                 "this student has no objective to train on: attach one first, e.g. "
                 "student.objective = multidistill.objectives.Distillation(temperatures=...)")
-        return self.objective.loss(self, x, y, y_pred)
+        # Under a TensorFlow strategy the replicas' gradients are summed: each
+        # replica's mean is scaled so that the sum is the global batch's mean.
+        return distribution.per_replica_loss(self.objective.loss(self, x, y, y_pred))
 
     # -- acting -----------------------------------------------------------
 
