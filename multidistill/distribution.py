@@ -231,7 +231,7 @@ def _initialise_jax_cluster() -> None:
     import jax
     import keras
 
-    if any(v in os.environ for v in _KERAS_CLUSTER_VARIABLES):
+    if any(os.environ.get(v) for v in _KERAS_CLUSTER_VARIABLES):
         try:
             keras.distribution.initialize()
         except RuntimeError as e:

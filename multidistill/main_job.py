@@ -34,7 +34,7 @@ from pathlib import Path
 
 from absl import flags
 
-from multidistill import cli, collect, evaluation, rounds, stages
+from multidistill import cli, collect, distribution, evaluation, rounds, stages
 from multidistill import games as games_lib
 
 FLAGS = flags.FLAGS
@@ -65,6 +65,9 @@ def main(argv):
     del argv
     _apply_preset()
     t_start = time.perf_counter()
+    # First, before any TensorFlow or JAX operation: a multi-worker engine
+    # configures the runtime (collective ops, jax.distributed).
+    engine = distribution.get_engine(FLAGS.distribution)
     # The code this run starts with (the tree may change while it runs); an
     # installed copy is no checkout, whatever folder it was installed into.
     checkout = Path(__file__).resolve().parent.parent
@@ -80,7 +83,15 @@ def main(argv):
     kinds = [teachers[g].kind for g in game_names]
     config = cli.distill_config_from_flags(game_names, kinds)
     stages.check_objective(config, teachers)
+    try:  # Before any long work: the global batch must split over the devices.
+        engine.check_batch_size(config.global_batch_size)
+    except ValueError as e:
+        raise cli.UsageError(f"--{e}") from None
     rounds_config = cli.rounds_config_from_flags(_rounds())
+    cli.require(not (rounds_config.rounds and engine.num_workers > 1),
+                f"--distribution={engine.name}: collection rounds write datasets, which "
+                f"{engine.num_workers} workers cannot share; use --rounds=0 (offline "
+                "distillation) or data_parallel")
     try:  # Before any long work: the cap must hold the teacher's data and a round.
         rounds_config.check_cap(FLAGS.num_agent_steps)
     except ValueError as e:
@@ -113,8 +124,9 @@ def main(argv):
         f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}{head}_{FLAGS.preset}"
         f"{control}_seed{FLAGS.seed}"))
     print(f"[2/3] distilling into {run_dir} ({config.num_grad_steps:,} gradient steps of "
-          f"{config.pipeline.batch_size_per_game * len(game_names)} samples, "
-          f"{config.precision})" + (
+          f"{config.global_batch_size} samples, {config.precision}"
+          + (f", {engine.num_replicas} devices ({engine.name})" if engine.num_replicas > 1
+             else "") + ")" + (
               f", then {rounds_config.rounds} rounds: {rounds_config.agent_steps_per_round:,} "
               f"steps per game collected, {rounds_config.control} acting, and "
               f"{rounds_config.grad_steps_per_round:,} gradient steps each"
@@ -139,6 +151,11 @@ def main(argv):
             train_summary, student_path = stages.distil(run_dir, config, paths, spec, kinds)
         except stages.Interrupted as e:
             _exit_interrupted(e)
+
+    if not engine.is_chief:  # The chief diagnoses, evaluates and writes the report.
+        print(f"worker {engine.worker_index} of {engine.num_workers}: distillation done; "
+              f"worker 0 evaluates into {run_dir}")
+        return
 
     # 4. Diagnostics on the held-out data, then evaluation.
     t_diagnose = time.perf_counter()

@@ -72,6 +72,19 @@ def test_distribution_flag(parse):
     assert "learning rate" in help_text
 
 
+def test_the_main_job_starts_the_engine_first(tmp_path):
+    """A multi-worker engine must exist before any TensorFlow operation: the
+    main job creates it before loading teachers (here: none to load)."""
+    env = {k: "" for k in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                           "KERAS_DISTRIBUTION_NUM_PROCESSES")}
+    rc, out = run_cli(["-m", "multidistill.main_job", "--distribution=multi_worker",
+                       f"--teachers_dir={tmp_path / 'none'}", f"--run_dir={tmp_path / 'run'}"],
+                      env=dict(env, KERAS_BACKEND="tensorflow"), timeout=120)
+    assert rc == 2 and "error: distribution multi_worker on TensorFlow reads the cluster " \
+        "from TF_CONFIG, which is not set; on one machine use data_parallel" in out, out
+    assert not (tmp_path / "run").exists()
+
+
 # -- two logical devices, in a fresh process per backend ---------------------------------
 
 
