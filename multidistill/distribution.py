@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 
 import numpy as np
 
@@ -281,7 +282,9 @@ class _TFStrategy(Engine):
                 tf.config.list_logical_devices("CPU")
             self.strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
         self.num_replicas = self.strategy.num_replicas_in_sync
-        self._predict = {}  # id(model) -> compiled local forward pass
+        # Per model: its compiled training step and local forward pass.
+        self._steps = weakref.WeakKeyDictionary()
+        self._forward = weakref.WeakKeyDictionary()
 
     def scope(self):
         return self.strategy.scope()
@@ -296,7 +299,22 @@ class _TFStrategy(Engine):
         return self.strategy.experimental_distribute_values_from_function(part)
 
     def train_on_batch(self, model, x, y):
-        return _first(model.train_on_batch(self._per_replica(x), self._per_replica(y)))
+        # Keras' own step (`model.train_step`) on each replica, compiled as
+        # Keras compiles it; the loss is reduced here because Keras 3's
+        # reduction of the logs fails under MultiWorkerMirroredStrategy (a
+        # mean along axis 0 of a scalar, tensorflow/tensorflow#72388).
+        import tensorflow as tf
+
+        step = self._steps.get(model)
+        if step is None:
+            def replicated_step(x, y):
+                logs = self.strategy.run(model.train_step, args=((x, y),))
+                return self.strategy.reduce("MEAN", logs["loss"], axis=None)
+
+            step = self._steps[model] = tf.function(
+                replicated_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
+        model.reset_metrics()  # The loss of this batch alone, as train_on_batch gives.
+        return _first(step(self._per_replica(x), self._per_replica(y)))
 
     def local_parts(self, batch):
         values = self.strategy.experimental_local_results(self._per_replica(batch))
@@ -308,11 +326,11 @@ class _TFStrategy(Engine):
         # and no collective, so workers need not predict in step.
         import tensorflow as tf
 
-        fn = self._predict.get(id(model))
-        if fn is None:
-            fn = self._predict[id(model)] = tf.function(
+        forward = self._forward.get(model)
+        if forward is None:
+            forward = self._forward[model] = tf.function(
                 lambda inputs: model(inputs, training=False), reduce_retracing=True)
-        return {k: np.asarray(v) for k, v in fn(x).items()}
+        return {k: np.asarray(v) for k, v in forward(x).items()}
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -369,10 +387,12 @@ def use_cpu_devices(num_devices: int) -> None:
         import jax
 
         try:
+            # Not checked after (that would start the backend, too early for
+            # jax.distributed): JAX refuses the update once it has started.
             jax.config.update("jax_num_cpu_devices", num_devices)
+            return
         except RuntimeError:
-            pass
-        found = len(jax.local_devices(backend="cpu"))
+            found = len(jax.local_devices(backend="cpu"))
     else:
         raise ValueError(f"use_cpu_devices supports TensorFlow and JAX, found {backend}")
     if found != num_devices:

@@ -13,6 +13,11 @@ device, resumed on both.
 """
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,40 +103,60 @@ def _config(distribution_name, num_grad_steps, batch_size_per_game=4, games=("po
                                          block_rows=32, blocks_in_memory=2, seed=5))
 
 
-def _train_runs(work: str) -> None:
-    """The child process: trains the runs, writes their results to work/result.json."""
-    from pathlib import Path
-
+def _write_datasets(work) -> list[str]:
+    """Two tiny synthetic datasets (Pong, Freeway) in `work`; their paths."""
     from conftest import new_writer, synthetic_episode
 
+    from multidistill import environments
+
+    paths = []
+    for g, (game, actions) in enumerate([("pong", 6), ("freeway", 3)]):
+        paths.append(str(Path(work) / f"{game}.h5"))
+        with new_writer(paths[-1], environments.Preprocessing(), game=game,
+                        num_actions=actions) as w:
+            for e in range(3):
+                w.append_episode(synthetic_episode(60, actions, seed=10 * g + e))
+    return paths
+
+
+def _run(work, name, engine, num_grad_steps, games=("pong", "freeway"), batch_size_per_game=4):
+    """Trains the run `work/name` to `num_grad_steps` (resuming it if it exists),
+    ending as `Distiller.train` ends; its weights and the losses of the steps."""
+    from multidistill import environments
+
+    config = _config(engine, num_grad_steps, batch_size_per_game, games)
+    paths = [str(Path(work) / f"{g}.h5") for g in games]
+    source = pipeline.HDF5Source(paths, config.pipeline,
+                                 max_episodes=distiller.data_prefix(Path(work) / name))
+    try:
+        d = distiller.Distiller(Path(work) / name, config, source, environments.Preprocessing(),
+                                teacher_kinds=["q_values", "logits"][:len(games)])
+    except BaseException:
+        source.close()
+        raise
+    losses = [r.loss for r in d.steps()]
+    d.writer.scalars(d.grad_step, d.heldout_metrics())  # As `train` ends a run.
+    d.save_checkpoint()
+    weights = [np.asarray(v) for v in d.student.weights]
+    d.close()
+    return weights, losses
+
+
+def _max_difference(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def _train_runs(work: str) -> None:
+    """The child process: trains the runs, writes their results to work/result.json."""
     from multidistill import environments
 
     distribution.use_cpu_devices(2)
     work = Path(work)
     spec = environments.Preprocessing()
-    paths = []
-    for g, (game, actions) in enumerate([("pong", 6), ("freeway", 3)]):
-        paths.append(str(work / f"{game}.h5"))
-        with new_writer(paths[-1], spec, game=game, num_actions=actions) as w:
-            for e in range(3):
-                w.append_episode(synthetic_episode(60, actions, seed=10 * g + e))
+    paths = _write_datasets(work)
 
-    def run(name, engine, num_grad_steps, games=("pong", "freeway"), batch_size_per_game=4):
-        config = _config(engine, num_grad_steps, batch_size_per_game, games)
-        source = pipeline.HDF5Source(paths[:len(games)], config.pipeline,
-                                     max_episodes=distiller.data_prefix(work / name))
-        try:
-            d = distiller.Distiller(work / name, config, source, spec,
-                                    teacher_kinds=["q_values", "logits"][:len(games)])
-        except BaseException:
-            source.close()
-            raise
-        losses = [r.loss for r in d.steps()]
-        d.writer.scalars(d.grad_step, d.heldout_metrics())  # As `train` ends a run.
-        d.save_checkpoint()
-        weights = [np.asarray(v) for v in d.student.weights]
-        d.close()
-        return weights, losses
+    def run(*args, **kwargs):
+        return _run(work, *args, **kwargs)
 
     # Each device computes on its half of the global batch, in order.
     config = _config("data_parallel", 0)
@@ -149,9 +174,9 @@ def _train_runs(work: str) -> None:
     resumed, _ = run("resumed", "data_parallel", NUM_GRAD_STEPS)
     run("switched", "none", STOP_AT)  # Started on one device, resumed on two.
     switched, _ = run("switched", "data_parallel", NUM_GRAD_STEPS)
-    out["two_vs_one"] = max(float(np.abs(a - b).max()) for a, b in zip(one, two))
-    out["resumed_vs_two"] = max(float(np.abs(a - b).max()) for a, b in zip(two, resumed))
-    out["switched_vs_one"] = max(float(np.abs(a - b).max()) for a, b in zip(one, switched))
+    out["two_vs_one"] = _max_difference(one, two)
+    out["resumed_vs_two"] = _max_difference(two, resumed)
+    out["switched_vs_one"] = _max_difference(one, switched)
     out["moved"] = max(float(np.abs(a).max()) for a in
                        (x - y for x, y in zip(one, _initial(spec))))
     out["losses"] = [one_losses, two_losses]
@@ -207,3 +232,83 @@ def test_two_devices_equal_one_and_resume(tmp_path, backend):
         "does not split into 2 equal per-device batches (--distribution=data_parallel: 2 "
         "devices on 1 worker(s)); make it a multiple of 2")
 
+
+# -- two workers on this machine -----------------------------------------------------------
+#
+# The suite runs the TensorFlow cluster (about 20 s). The same check on JAX
+# (jax.distributed from the KERAS_DISTRIBUTION_* variables, about 40 s) runs
+# with `_two_workers(tmp_path, "jax")`; kept out of the suite for time.
+
+
+def _worker(work: str, index: int, ports: list[int]) -> None:
+    """Worker `index` of a two-worker cluster on localhost (one CPU device
+    each) on the process's backend: trains the run work/mw; worker 0 then
+    trains the same run on one device of its own (work/one). Writes
+    work/worker<index>.json and .npz."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        os.environ["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+             "task": {"type": "worker", "index": index}})
+    else:
+        os.environ.update(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{ports[0]}",
+                          KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                          KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+    engine = distribution.get_engine("multi_worker")  # Before any backend operation.
+    weights, losses = _run(work, "mw", "multi_worker", NUM_GRAD_STEPS)
+    out = {"engine": engine.describe(), "losses": losses}
+    if index == 0:
+        one, out["one_losses"] = _run(work, "one", "none", NUM_GRAD_STEPS)
+        out["vs_one"] = _max_difference(one, weights)
+    np.savez(Path(work) / f"worker{index}.npz", *weights)
+    (Path(work) / f"worker{index}.json").write_text(json.dumps(out))
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_tensorflow_workers_equal_one_device(tmp_path):
+    _two_workers(tmp_path, "tensorflow")
+
+
+def _two_workers(tmp_path, backend):
+    """Two workers and a one-device run (`_worker`) on `backend`, checked."""
+    _write_datasets(tmp_path)
+    ports = _free_ports(2)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
+               KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    workers = [subprocess.Popen(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+         f"import test_distribution; test_distribution._worker({str(tmp_path)!r}, {i}, "
+         f"{ports})"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for i in range(2)]
+    try:
+        outputs = [w.communicate(timeout=240)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    results = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
+    for i, r in enumerate(results):
+        assert r["engine"] == {"distribution": "multi_worker", "backend": backend,
+                               "devices": 2, "workers": 2, "worker_index": i}
+    weights = [np.load(tmp_path / f"worker{i}.npz") for i in range(2)]
+    for key in weights[0].files:  # The workers hold the same student.
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    assert results[0]["vs_one"] < 1e-5, results[0]
+    np.testing.assert_allclose(results[0]["losses"], results[0]["one_losses"], rtol=1e-5)
+    assert results[1]["losses"] == results[0]["losses"]
+    # Only the chief wrote the run directory: one held-out row for the last step.
+    rows = [json.loads(line) for line in
+            (tmp_path / "mw" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "heldout/kl/pong" in r] == [NUM_GRAD_STEPS]
+    saved = json.loads((tmp_path / "mw" / "config.json").read_text())
+    assert saved["engine"]["worker_index"] == 0
