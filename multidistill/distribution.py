@@ -28,11 +28,12 @@ replicas' parts make its worker slice); JAX slices by process and lets Keras
 lay each process's part over its devices.
 
 Updates. The gradient is that of the mean loss over the global batch, as on
-one device (TensorFlow sums the replicas' gradients, so each replica's loss
-is divided by the replica count, `per_replica_loss`, as Keras does for its
-own losses). The same global batch and learning rate therefore give the same
-update, to float rounding, on any number of devices: the learning rate is
-not scaled with the device count. Growing the global batch is another
+one device: JAX computes that mean itself; TensorFlow runs Keras'
+`train_step` on each replica and sums their gradients, so each replica's
+loss is divided by the replica count (`per_replica_loss`, as Keras does for
+its own losses). The same global batch and learning rate therefore give the
+same update, to float rounding, on any number of devices: the learning rate
+is not scaled with the device count. Growing the global batch is another
 matter (Goyal et al. 2017's linear scaling rule: k times the batch, about k
 times the learning rate, with a warm-up).
 
@@ -107,8 +108,8 @@ def per_replica_loss(loss):
 
 class Engine:
     """One device: the backend's default placement (`"none"`). The base of
-    the data-parallel engines, which override `scope`, `train_on_batch` and
-    `predict_on_batch`.
+    the data-parallel engines, which override `scope`, `train_on_batch`,
+    `predict_on_batch` and `local_parts`.
 
     Attributes:
       name: the engine's name (`DISTRIBUTIONS`).
@@ -236,7 +237,8 @@ def _initialise_jax_cluster() -> None:
         try:
             keras.distribution.initialize()
         except RuntimeError as e:
-            if "once" not in str(e):  # Initialised by the program itself: fine.
+            # "should only be called once": the program started it itself, fine.
+            if "once" not in str(e):
                 raise ValueError(f"distribution multi_worker: jax.distributed could not "
                                  f"start ({e}); it must start before any JAX "
                                  "operation") from None
