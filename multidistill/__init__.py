@@ -18,6 +18,7 @@ The pipeline, one flat module per role, in the order data flows:
     update_rules   the update rules of Czarnecki et al. (2019) as objectives
     networks       teacher and student Keras networks (forward pass only)
     distiller      training the multi-task student (checkpoints, resume)
+    distribution   the engine a student trains on: one device, every device, several machines
     diagnostics    the student against its teachers on held-out states: KL,
                    agreement, entropies, the teachers' action gaps
     rounds         student-driven distillation: collection rounds, aggregation

@@ -143,7 +143,9 @@ def define_collect_flags():
                         "Comma-separated games (ALE ROM ids, e.g. pong,qbert,freeway).")
     flags.DEFINE_string("teachers_dir", str(teachers.DEFAULT_TEACHERS_DIR),
                         "Folder holding <game>.keras teachers and their <game>.json cards.")
-    flags.DEFINE_string("datasets_dir", "datasets", "Folder for the <game>.h5 dataset files.")
+    flags.DEFINE_string("datasets_dir", "datasets",
+                        "Folder of the datasets: per game <game>.h5, or the folder <game>/ of "
+                        "part files of a sharded dataset (build_datasets --num_shards).")
     flags.DEFINE_integer("num_agent_steps", d.num_agent_steps,
                          "Agent steps (1 step = 4 emulator frames) each dataset holds when "
                          "done; a larger number tops up an existing file (a new session).")
