@@ -245,7 +245,11 @@ def _normalised(value):
 def row_key(config: distiller.DistillConfig, protocol: evaluation.EvalProtocol,
             sweep: SweepConfig, evaluate_teachers: bool) -> dict:
     """What a cached row must have been made with to be reused."""
-    return _normalised({"config": config.to_dict(),
+    settings = config.to_dict()
+    # Rows from before the engine was a setting were trained on one device.
+    if settings.get("distribution") == "none":
+        settings.pop("distribution")
+    return _normalised({"config": settings,
                         "protocol": protocol.to_dict(list(config.games)),
                         "evaluate_teachers": bool(evaluate_teachers),
                         "latency": {k: v for k, v in sweep.to_dict().items()

@@ -2,6 +2,7 @@
 plot, resume (a finished size is not trained or evaluated again, every size
 on the same data), and messages for bad flags."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -265,8 +266,13 @@ def test_a_cached_row_is_reused_only_with_its_settings(tmp_path):
                   sweep.row_key(config, evaluation.EvalProtocol(), sweep.SweepConfig(), False),
                   sweep.row_key(distiller.DistillConfig(
                       games=GAMES, objective=config.objective, num_grad_steps=4),
-                      evaluation.EvalProtocol(), sweep.SweepConfig(), True)):
+                      evaluation.EvalProtocol(), sweep.SweepConfig(), True),
+                  # Another engine times the training differently.
+                  sweep.row_key(dataclasses.replace(config, distribution="data_parallel"),
+                                evaluation.EvalProtocol(), sweep.SweepConfig(), True)):
         assert sweep.cached_row(tmp_path, other) is None
+    # Rows made before the engine was a setting (one device) are still reused.
+    assert "distribution" not in key["config"]
     (tmp_path / sweep.ROW_FILE).write_text('{"size": "dq')  # Cut by a crash: made again.
     assert sweep.cached_row(tmp_path, key) is None
 
