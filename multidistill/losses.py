@@ -5,6 +5,10 @@ the game's actions, z_S the student's logits, tau > 0 the temperature, m the
 action mask (1 for the game's actions, 0 for padding when games of different
 action counts share a batch). Softmaxes run over the masked actions only.
 
+IE-KD's terms (Huang et al. 2021) compare factors: k numbers per sample
+that an encoder computes from a feature vector (the teacher's features, or
+one half of the student's shared hidden layer).
+
 All functions are written with `keras.ops` and run on every Keras backend.
 """
 
@@ -102,6 +106,80 @@ def feature_regression(student_projection, teacher_features, feature_mask=None):
     if feature_mask is not None:
         sq = ops.where(feature_mask > 0, sq, 0.0)
     return ops.mean(ops.sum(sq, axis=-1))
+
+
+def l2_normalised(factors, factor_mask=None, eps=1e-12):
+    """Each sample's factors over their L2 norm (IE-KD's and factor transfer's
+    normalisation; padding outside `factor_mask` stays 0).
+
+        u = F / max(||F||_2, eps)
+
+    Returns:
+      (B, K) float32.
+    """
+    f = ops.cast(factors, "float32")
+    if factor_mask is not None:
+        f = ops.where(factor_mask > 0, f, 0.0)
+    norm = ops.sqrt(ops.sum(ops.square(f), axis=-1, keepdims=True))
+    return f / ops.maximum(norm, eps)
+
+
+def factor_distance(student_factors, teacher_factors, factor_mask=None):
+    """Factor transfer's distance (Kim et al. 2018), IE-KD's similarity
+    measure: the L1 distance of the L2-normalised factors, per factor.
+
+        u = F_S / ||F_S||_2,  v = F_T / ||F_T||_2
+        d = mean_batch (1/k) sum_j |u_j - v_j|
+
+    k is the sample's factor count (the ones in `factor_mask`; all without
+    one), so with one k for the whole batch this is the mean over every
+    element, as the IE-KD authors' code divides the batch's L1 norm by its
+    element count.
+    """
+    u = l2_normalised(student_factors, factor_mask)
+    v = l2_normalised(teacher_factors, factor_mask)
+    per_factor = ops.abs(u - v)
+    if factor_mask is None:
+        return ops.mean(per_factor)
+    mask = ops.cast(factor_mask > 0, "float32")
+    per_sample = ops.sum(per_factor * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
+    return ops.mean(per_sample)
+
+
+def inheritance_loss(inheritance_factors, teacher_factors, factor_mask=None):
+    """IE-KD's inheritance (similarity) loss, before its weight lambda_inh:
+    the inheritance half's factors pulled toward the teacher's.
+
+        L_inh = mean_batch (1/k) || F_inh/||F_inh||_2 - F_T/||F_T||_2 ||_1
+
+    F_inh: the student's inheritance factors (its encoder on the first half
+    of the shared hidden layer); F_T: the teacher's factors (the encoder of
+    the auto-encoder fitted on its features). See `factor_distance`.
+    """
+    return factor_distance(inheritance_factors, teacher_factors, factor_mask)
+
+
+def exploration_loss(exploration_factors, teacher_factors, factor_mask=None):
+    """IE-KD's exploration (dis-similarity) loss, before its weight
+    lambda_exp: the exploration half's factors pushed away from the
+    teacher's. The same distance as `inheritance_loss`, negated:
+
+        L_exp = - mean_batch (1/k) || F_exp/||F_exp||_2 - F_T/||F_T||_2 ||_1
+
+    Bounded below: two unit vectors are at most 2 sqrt(k) apart in L1, so
+    L_exp >= -2 / sqrt(k).
+    """
+    return -factor_distance(exploration_factors, teacher_factors, factor_mask)
+
+
+def reconstruction_l1(features, reconstruction):
+    """The auto-encoder's reconstruction loss (IE-KD's compact knowledge
+    extraction; L1, as the authors' code):
+
+        L_rec = mean_batch (1/d) || h_T - D(E(h_T)) ||_1
+    """
+    diff = ops.cast(features, "float32") - ops.cast(reconstruction, "float32")
+    return ops.mean(ops.abs(diff))
 
 
 def top1_agreement(teacher_outputs, student_logits, action_mask=None):

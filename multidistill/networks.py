@@ -22,6 +22,13 @@ feature regression). With `head="shared18"` (Actor-Mimic's layout) the
 games share one head instead: one `head_units` layer and one linear output
 over ALE's full 18-action set, of which each game reads its own actions
 (the others masked).
+
+IE-KD's split (Huang et al. 2021, `multidistill.iekd`): with
+`split_factor_dims`, the shared hidden layer's first half is its
+*inheritance* part and the second half its *exploration* part; per game,
+each half has an encoder onto that game's teacher factors, whose outputs
+the objective compares with the teacher's. The split adds encoders only:
+the trunk, the heads and acting are those of the plain student.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ MASKED_LOGIT = -1e9
 # Output layouts of the student (`MultiTaskStudent.head`): a head per game,
 # or one head over ALE's full action set shared by every game.
 STUDENT_HEADS = ("per_game", "shared18")
+
+# Negative slope of the LeakyReLUs of IE-KD's encoders (the authors' code).
+FACTOR_LEAKY_SLOPE = 0.1
 
 
 def default_precision(cpu_flags: str | None = None) -> str:
@@ -181,6 +191,10 @@ class MultiTaskStudent(keras.Model):
       `features`: (B, max_feature_dim) the projection of the shared hidden
         layer for the sample's game; positions beyond that game's teacher
         feature size are zero.
+      with `split_factor_dims` only, `inheritance_factors` and
+        `exploration_factors`: (B, max factor count) the sample's game's
+        encoders on the two halves of the shared hidden layer; positions
+        beyond that game's factor count are zero.
 
     The student is the forward pass only. What it is trained to minimise is
     the objective attached to it (`student.objective`, see
@@ -212,6 +226,14 @@ class MultiTaskStudent(keras.Model):
       ale_action_indices: with "shared18", per game, the full-set index of
         each of its actions (`games.Game.ale_action_indices`); saved with
         the student, which then loads without ALE. Not used by "per_game".
+      split_factor_dims: IE-KD's split (None: none, the plain student). Per
+        game, its teacher's factor count k; the shared hidden layer's units
+        [0, fc_units // 2) are the inheritance part, the others the
+        exploration part, and each part has, per game, an encoder of three
+        dense layers (part size -> part size -> k -> k, each followed by a
+        LeakyReLU of slope 0.1: the authors' three-layer encoder, dense
+        rather than convolutional on a vector, without batch norm) whose
+        outputs are `inheritance_factors` and `exploration_factors`.
     """
 
     def __init__(
@@ -230,6 +252,7 @@ class MultiTaskStudent(keras.Model):
         objective=None,
         head: str = "per_game",
         ale_action_indices: Sequence[Sequence[int]] | None = None,
+        split_factor_dims: Sequence[int] | None = None,
         **kwargs,
     ):
         # Students saved before objectives existed carry their loss settings;
@@ -267,6 +290,10 @@ class MultiTaskStudent(keras.Model):
                                    [[int(i) for i in a] for a in ale_action_indices])
         if head == "shared18":
             self._check_ale_action_indices()
+        self.split_factor_dims = (None if split_factor_dims is None else
+                                  [int(k) for k in split_factor_dims])
+        if self.split_factor_dims is not None:
+            self._check_split()
 
         self.max_actions = max(self.num_actions)
         self.max_feature_dim = max(self.feature_dims + [1])
@@ -304,12 +331,48 @@ class MultiTaskStudent(keras.Model):
             [[1.0 if i < f else 0.0 for i in range(self.max_feature_dim)]
              for f in self.feature_dims]
         )
+        # IE-KD: per game, an encoder of each half of the shared hidden layer
+        # onto the game's teacher factors (none without the split).
+        split = self.split_factor_dims or []
+        self.inheritance_encoders = [
+            self._factor_encoder(f"{g}_inheritance", self.inheritance_units, k)
+            for g, k in zip(self.games, split)]
+        self.exploration_encoders = [
+            self._factor_encoder(f"{g}_exploration", self.fc_units - self.inheritance_units, k)
+            for g, k in zip(self.games, split)]
+        self.max_factor_dim = max(split + [1])
+        self._factor_mask = ops.convert_to_tensor(
+            [[1.0 if i < k else 0.0 for i in range(self.max_factor_dim)] for k in split]
+            or [[0.0]])
         if not per_game:
             # (games, max_actions) the full-set index of each game action; the
             # padding (0) is gathered, then masked, so it gets no gradient.
             self._ale_index = ops.convert_to_tensor(
                 [a + [0] * (self.max_actions - len(a)) for a in self.ale_action_indices],
                 dtype="int32")
+
+    def _check_split(self):
+        dims = self.split_factor_dims
+        if len(dims) != len(self.games) or any(k < 1 for k in dims):
+            raise ValueError(
+                f"split_factor_dims: expected, for each of the {len(self.games)} games "
+                f"{self.games}, its teacher's factor count (>= 1), found {dims}")
+        if self.fc_units < 2:
+            raise ValueError(f"split_factor_dims: the shared hidden layer must have at least "
+                             f"2 units to split in halves, found fc_units={self.fc_units}")
+
+    @property
+    def inheritance_units(self) -> int:
+        """IE-KD: units of the shared hidden layer's inheritance part, the
+        first ones; the exploration part is the rest."""
+        return self.fc_units // 2
+
+    @staticmethod
+    def _factor_encoder(prefix: str, units: int, factors: int) -> list:
+        """IE-KD's encoder of one part: three dense layers (the LeakyReLUs
+        are applied in `encode_factors`)."""
+        return [layers.Dense(n, name=f"{prefix}_encoder{i}", dtype="float32")
+                for i, n in enumerate((units, factors, factors))]
 
     def _check_ale_action_indices(self):
         indices, n = self.ale_action_indices, games_lib.NUM_ALE_ACTIONS
@@ -331,6 +394,32 @@ class MultiTaskStudent(keras.Model):
         for layer in self.trunk:
             x = layer(x)
         return x
+
+    def split_hidden(self, hidden):
+        """IE-KD: the shared hidden layer's (inheritance, exploration) parts."""
+        n = self.inheritance_units
+        return hidden[:, :n], hidden[:, n:]
+
+    def encode_factors(self, hidden, game_id):
+        """IE-KD: {"inheritance_factors", "exploration_factors"}, each
+        (B, max_factor_dim), the sample's game's encoder on its part of
+        `hidden` (the shared hidden layer), zero beyond the game's count."""
+        one_hot = ops.one_hot(ops.cast(game_id, "int32"), len(self.games))
+        out = {}
+        for name, part, encoders in (
+                ("inheritance_factors", 0, self.inheritance_encoders),
+                ("exploration_factors", 1, self.exploration_encoders)):
+            x, total = self.split_hidden(hidden)[part], 0.0
+            for g, encoder in enumerate(encoders):
+                f = x
+                for layer in encoder:
+                    f = ops.leaky_relu(layer(f), negative_slope=FACTOR_LEAKY_SLOPE)
+                pad = self.max_factor_dim - self.split_factor_dims[g]
+                if pad:
+                    f = ops.pad(f, [[0, 0], [0, pad]])
+                total = total + one_hot[:, g:g + 1] * f
+            out[name] = total
+        return out
 
     def ale_logits(self, hidden):
         """shared18: the shared head's logits over ALE's full action set, (B, 18)."""
@@ -378,7 +467,12 @@ class MultiTaskStudent(keras.Model):
             features = ops.zeros((ops.shape(hidden)[0], self.max_feature_dim))
         action_mask = ops.take(self._action_mask, game_id, axis=0)
         logits = ops.where(action_mask > 0, logits, MASKED_LOGIT)
-        return {"logits": logits, "features": features}
+        out = {"logits": logits, "features": features}
+        if self.split_factor_dims is not None:
+            # Built after the heads: a split student's trunk and heads start
+            # from the plain student's initial weights (same seed).
+            out.update(self.encode_factors(hidden, game_id))
+        return out
 
     def action_mask(self, game_id):
         """(B, max_actions) 1 where the sample's game has that action."""
@@ -387,6 +481,10 @@ class MultiTaskStudent(keras.Model):
     def feature_mask(self, game_id):
         """(B, max_feature_dim) 1 where the sample's teacher has that feature."""
         return ops.take(self._feature_mask, ops.cast(game_id, "int32"), axis=0)
+
+    def factor_mask(self, game_id):
+        """IE-KD: (B, max_factor_dim) 1 where the sample's game has that factor."""
+        return ops.take(self._factor_mask, ops.cast(game_id, "int32"), axis=0)
 
     def head_weights(self, game: str) -> tuple[list | None, list]:
         """One game's head as a teacher's layers (`students.head_network`):
@@ -453,6 +551,8 @@ class MultiTaskStudent(keras.Model):
             head=self.head,
             ale_action_indices=self.ale_action_indices,
         )
+        if self.split_factor_dims is not None:  # Files of plain students stay as they were.
+            config["split_factor_dims"] = self.split_factor_dims
         return config
 
     def build_for_inputs(self):
