@@ -16,6 +16,8 @@ The pipeline, one flat module per role, in the order data flows:
     objectives     what the student minimises and the batch fields it needs
     losses         the loss terms (KL, NLL, MSE, feature regression)
     update_rules   the update rules of Czarnecki et al. (2019) as objectives
+    iekd           IE-KD (Huang et al. 2021) as an objective: the teachers'
+                   auto-encoders, the student's inheritance and exploration halves
     networks       teacher and student Keras networks (forward pass only)
     distiller      training the multi-task student (checkpoints, resume)
     distribution   the engine a student trains on: one device, every device, several machines

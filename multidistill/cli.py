@@ -215,14 +215,24 @@ _RULE_NAMES = ("teacher_distill", "on_policy_distill", "on_policy_distill_reward
 
 def define_distill_flags():
     """The student, its objective and its training."""
-    from multidistill import distiller, distribution, losses, networks, objectives, pipeline
+    from multidistill import (
+        distiller,
+        distribution,
+        iekd,
+        losses,
+        networks,
+        objectives,
+        pipeline,
+    )
 
     d, o, p = distiller.DistillConfig(games=()), objectives.Distillation(), \
         pipeline.PipelineConfig()
+    ie = iekd.IEKD()
     flags.DEFINE_string("run_dir", None,
                         "Run directory (default runs/<games>_<loss>_<student_size>_<preset>"
-                        "_seed<seed>, with _shared18 after <student_size> for "
-                        "--student_head=shared18); an existing one is resumed.")
+                        "_seed<seed>, with _iekd after <loss> for --iekd and _shared18 after "
+                        "<student_size> for --student_head=shared18); an existing one is "
+                        "resumed.")
     flags.DEFINE_enum("loss", o.policy_loss, sorted(losses.POLICY_LOSSES),
                       "Policy loss: kl (temperature-sharpened KL, Rusu et al.), nll (teacher's "
                       "argmax action) or mse (regress teacher outputs).")
@@ -232,6 +242,25 @@ def define_distill_flags():
                         "1 for logit teachers.")
     flags.DEFINE_float("feature_beta", o.feature_beta,
                        "Weight of Actor-Mimic feature regression (0.01 in the paper; 0 = off).")
+    flags.DEFINE_bool("iekd", False,
+                      "IE-KD (Huang et al. 2021, multidistill/iekd.py): besides --loss's policy "
+                      "term, the first half of the student's shared hidden layer (inheritance) "
+                      "is pulled toward a compact code of each teacher's features (its "
+                      "factors: an auto-encoder fitted on the datasets' teacher features at "
+                      "the start of the run, saved in the run directory) and the second half "
+                      "(exploration) is pushed away from it. Off: the plain student.")
+    flags.DEFINE_float("iekd_inheritance_weight", ie.inheritance_weight,
+                       "With --iekd: weight lambda_inh (>= 0) of the inheritance loss, the "
+                       "per-factor mean L1 distance between the L2-normalised factors of the "
+                       "inheritance half and of the teacher (a number in [0, 2/sqrt(k)] for "
+                       "k factors; 1 is the authors' weight).")
+    flags.DEFINE_float("iekd_exploration_weight", ie.exploration_weight,
+                       "With --iekd: weight lambda_exp (>= 0) of the exploration loss, the same "
+                       "distance for the exploration half, negated (in [-2/sqrt(k), 0]; 1 is "
+                       "the authors' weight).")
+    flags.DEFINE_integer("iekd_autoencoder_steps", ie.autoencoder_grad_steps,
+                         "With --iekd: Adam steps (of 256 feature vectors each) that fit each "
+                         "teacher's auto-encoder before distillation (smoke preset: 100).")
     flags.DEFINE_enum("update_rule", "none", ["none", *_RULE_NAMES],
                       "Train by one of the update rules of Czarnecki et al. (2019, "
                       "multidistill/update_rules.py) instead of --loss, returns truncated to "
@@ -299,8 +328,27 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
     require(FLAGS.update_rule == "none" or FLAGS.feature_beta == 0,
             f"--feature_beta applies to --loss, not to --update_rule={FLAGS.update_rule}: "
             f"leave it at 0 (found {FLAGS.feature_beta})")
+    require(not FLAGS.iekd or FLAGS.update_rule == "none",
+            f"--iekd adds its terms to --loss's policy term, not to --update_rule="
+            f"{FLAGS.update_rule}: use one of them")
+    require(not FLAGS.iekd or FLAGS.feature_beta == 0,
+            f"--iekd and --feature_beta both train the student on the teacher's features "
+            f"(IE-KD through its factors): use one of them (found --feature_beta="
+            f"{FLAGS.feature_beta})")
+    for name in ("iekd_inheritance_weight", "iekd_exploration_weight",
+                 "iekd_autoencoder_steps"):
+        require(FLAGS.iekd or not FLAGS[name].present,
+                f"--{name} applies with --iekd only (found --{name}={FLAGS[name].value} "
+                "without --iekd)")
 
     def objective():
+        if FLAGS.iekd:
+            from multidistill import iekd
+
+            return iekd.IEKD(policy_loss=FLAGS.loss, temperatures=temperatures,
+                             inheritance_weight=FLAGS.iekd_inheritance_weight,
+                             exploration_weight=FLAGS.iekd_exploration_weight,
+                             autoencoder_grad_steps=FLAGS.iekd_autoencoder_steps)
         if FLAGS.update_rule == "none":
             return objectives.Distillation(policy_loss=FLAGS.loss,
                                            feature_beta=FLAGS.feature_beta,
@@ -326,7 +374,10 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
         {**{n: n for n in ("batch_size_per_game", "num_grad_steps", "learning_rate",
                            "feature_beta", "checkpoint_every_steps", "eval_every_steps",
                            "game_weights")},
-         "rule": "update_rule", "teacher_kinds": "update_rule", "gamma": "rule_gamma"})
+         "rule": "update_rule", "teacher_kinds": "update_rule", "gamma": "rule_gamma",
+         "inheritance_weight": "iekd_inheritance_weight",
+         "exploration_weight": "iekd_exploration_weight",
+         "autoencoder_grad_steps": "iekd_autoencoder_steps"})
 
 
 # -- collection rounds (train.py) -------------------------------------------------

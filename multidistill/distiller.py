@@ -16,6 +16,9 @@ A run lives in one directory:
                      state (atomic; `students.load_student`)
     metrics.jsonl    every scalar logged; tb/ the same for TensorBoard
     curves.png       held-out loss, KL and agreement per game
+    iekd_teacher_factors.npz, .json   with the IE-KD objective only: the
+                     teachers' auto-encoders it fitted before training
+                     (`objectives.prepare`), reused on resume
 
 Rerunning with the same directory resumes from the checkpoint and stops at
 `num_grad_steps`; the source is a pure function of the batch index and of
@@ -72,7 +75,8 @@ class DistillConfig:
     Attributes:
       games: ROM ids, in head order.
       objective: what the student minimises (`objectives.Distillation`:
-        policy loss, per-game temperatures, feature regression weight).
+        policy loss, per-game temperatures, feature regression weight; or
+        `update_rules.UpdateRule`, or `iekd.IEKD`).
       student_size: named trunk size, see `networks.STUDENT_SIZES`.
       head_units: hidden units of each game's head (of the shared head with
         `student_head="shared18"`); 0: none.
@@ -177,6 +181,8 @@ def _build_student(config, num_actions, feature_dims, spec, extra_config):
     from multidistill import games as games_lib
 
     filters, fc = networks.STUDENT_SIZES[config.student_size]
+    # IE-KD's split of the shared hidden layer (`iekd.IEKD.factor_dims`); none otherwise.
+    factor_dims = getattr(config.objective, "factor_dims", None)
     ale_action_indices = None
     if config.student_head == "shared18":  # Recorded in the student: it loads without ALE.
         ale_action_indices = [
@@ -194,6 +200,7 @@ def _build_student(config, num_actions, feature_dims, spec, extra_config):
         objective=config.objective,
         head=config.student_head,
         ale_action_indices=ale_action_indices,
+        split_factor_dims=factor_dims(feature_dims) if factor_dims else None,
         name="multidistill_student",
     )
     student.build_for_inputs()
@@ -343,6 +350,12 @@ class Distiller:
             files.atomic_write_text(config_path, json.dumps(
                 {"identity": run_identity, "config": config.to_dict(),
                  "engine": self.engine.describe()}, indent=2))
+        # What the objective fits to the data first (IE-KD's teacher
+        # auto-encoders), read back from the run directory when resumed.
+        objective = objectives.prepare(config.objective, self.run_dir, source,
+                                       seed=config.pipeline.seed, write=self.engine.is_chief)
+        if objective is not config.objective:
+            self.config = config = dataclasses.replace(config, objective=objective)
         self.student, self.optimizer = build_student(
             config, source.num_actions, source.feature_dims, spec,
             extra_config={"teacher_kinds": list(teacher_kinds)})

@@ -120,8 +120,9 @@ def main(argv):
     control = "" if rounds_config.control == "teacher" and not rounds_config.rounds else \
         f"_{rounds_config.control}"
     head = "" if config.student_head == "per_game" else f"_{config.student_head}"
+    loss = FLAGS.loss + ("_iekd" if FLAGS.iekd else "")
     run_dir = Path(FLAGS.run_dir or Path("runs") / (
-        f"{'-'.join(game_names)}_{FLAGS.loss}_{FLAGS.student_size}{head}_{FLAGS.preset}"
+        f"{'-'.join(game_names)}_{loss}_{FLAGS.student_size}{head}_{FLAGS.preset}"
         f"{control}_seed{FLAGS.seed}"))
     print(f"[2/3] distilling into {run_dir} ({config.num_grad_steps:,} gradient steps of "
           f"{config.global_batch_size} samples, {config.precision}"

@@ -17,6 +17,11 @@ feature regression of the teacher's last hidden layer:
     L = mean_batch [ policy_loss(q_T, z_S; tau_game) ]
         + feature_beta * mean_batch || f_game(h_S) - h_T ||^2
 
+Other objectives: `update_rules.UpdateRule` (Czarnecki et al. 2019) and
+`iekd.IEKD` (Huang et al. 2021, which also splits the student's shared
+hidden layer, `factor_dims`, and fits its teachers' auto-encoders first,
+`prepare`).
+
 Every term is written with `keras.ops`, so it runs on every Keras backend.
 """
 
@@ -105,6 +110,20 @@ class Distillation:
             if name != "policy":
                 total = total + value
         return total
+
+
+def prepare(objective, run_dir, source, seed: int = 0, write: bool = True):
+    """The objective ready to train in `run_dir` on `source`.
+
+    Objectives that fit something to the data before training define
+    `prepare(run_dir, source, seed, write)` and return a copy holding it
+    (`iekd.IEKD`: its teachers' auto-encoders, saved in the run directory so
+    that a resumed run reads them back; only where `write`); the others are
+    returned as they are. The distiller calls this once, before it builds
+    the student.
+    """
+    fit = getattr(objective, "prepare", None)
+    return objective if fit is None else fit(run_dir, source, seed=seed, write=write)
 
 
 def default_temperature(teacher_kind: str) -> float:

@@ -40,6 +40,7 @@ PRESETS = {
         "video_seconds": 2.0,
         "student_size": "net3",
         "datasets_dir": "datasets/smoke",
+        "iekd_autoencoder_steps": 100,
     },
 }
 
