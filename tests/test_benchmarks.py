@@ -114,3 +114,17 @@ def test_alternating_timer_gives_each_run_its_steps_in_turns(bench, monkeypatch)
     # Warm-up (untimed), then turns of 2, 2 and 1 batches, the order reversed each round.
     assert calls == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a", "b"]
     assert rates == pytest.approx({"a": 4 / 0.5, "b": 2 / 0.1})
+
+
+def test_shard_speed_table_takes_ratios_within_each_repeat(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks import shard_speed
+
+    seconds = {"one worker": [10.0, 20.0], "two processes": [5.0, 16.0],
+               "two Ray tasks": [20.0, 10.0]}
+    table = shard_speed.markdown(seconds, 1_200, "pong", "python -m benchmarks.shard_speed")
+    rows = table.splitlines()[-3:]
+    # Medians 15.0, 10.5, 15.0 s; ratios per repeat (2.0, 1.25) and (0.5, 2.0).
+    assert rows[0] == "| one worker | 15.0 | 80 | 1.00 |"
+    assert rows[1] == "| two processes | 10.5 | 114 | 1.62 |"
+    assert rows[2] == "| two Ray tasks | 15.0 | 80 | 1.25 |"
