@@ -102,10 +102,10 @@ def test_a_rollout_is_closed_by_the_value_of_the_next_step():
         seen.append(step)
         return observe(step)
 
-    def spy(last_values):
+    def spy(last_values, step):
         closing.append((len(seen), np.array(last_values),
                         {k: v.copy() for k, v in agent._buffers.items()}))
-        return update(last_values)
+        return update(last_values, step)
 
     agent.observe, agent._update = record, spy
     records = loop.iterations(agent, FakeAtari(lengths=(5, 7)), seed=0, frame_skip=4)

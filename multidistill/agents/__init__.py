@@ -11,9 +11,13 @@ and nothing in the distillation pipeline imports it. The parts:
     dqn      Double DQN with n-step returns (a `q_values` teacher)
     ppo      PPO acting with the evaluation protocol's epsilon mixture (a
              `logits` teacher with its critic)
+    rnd      Random Network Distillation's exploration bonus for PPO (its
+             networks, running statistics and pure functions)
     loop     the training loop: a generator of one record per iteration
     runner   resume, init from a teacher, evaluate and export, checkpoint,
              stop on SIGINT/SIGTERM
+    rooms    the rooms a teacher visits on Montezuma's Revenge, Venture and
+             Pitfall! (a runner companion reading the emulator's RAM)
 
 The entry point is `python -m multidistill.train_teacher` (flags in
 `multidistill.cli`).

@@ -36,6 +36,10 @@ class Agent(Protocol):
         `networks.build_teacher_network`.
       agent_steps: agent steps taken so far, over all environments, reset
         steps included (one agent step is `frame_skip` emulator frames).
+
+    An agent may also hold `metrics`, a dict of its own scalars of the last
+    iteration by TensorBoard tag (PPO's RND bonus), which the loop passes
+    on in its records and the runner logs.
     """
 
     kind: str

@@ -41,6 +41,8 @@ class Record(NamedTuple):
       act_seconds: wall-clock seconds spent acting (policy and emulators).
       learn_seconds: wall-clock seconds spent in `agent.observe` (storing
         and learning).
+      metrics: the agent's own scalars of the iteration by TensorBoard tag
+        (`agent.metrics`, e.g. PPO's RND bonus), None when it has none.
     """
 
     agent_steps: int
@@ -51,6 +53,7 @@ class Record(NamedTuple):
     episodes: list[tuple[float, int]]
     act_seconds: float
     learn_seconds: float
+    metrics: dict[str, float] | None = None
 
     @property
     def agent_steps_per_s(self) -> float:
@@ -99,6 +102,7 @@ def iterations(agent: base.Agent, envs, seed: int, frame_skip: int) -> Iterator[
             episodes=episodes,
             act_seconds=act_seconds,
             learn_seconds=learn_seconds,
+            metrics=dict(getattr(agent, "metrics", None) or {}) or None,
         )
         start_steps = agent.agent_steps
         episodes = []

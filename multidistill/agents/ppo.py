@@ -46,6 +46,16 @@ Conventions:
   * The exported teacher (`teacher_model`) is the network itself, with both
     outputs [logits (B, A), value (B, 1)], so that a run started from it
     (`start_from_teacher`) gets the critic back.
+
+Exploration by Random Network Distillation (`config.rnd`, `agents.rnd`):
+the network gains a second value head (intrinsic; the teacher exported
+keeps the extrinsic one as its critic), each rollout's transitions get the
+bonus of their next frame, and the advantages are those of `agents.rnd`
+(two GAEs, the intrinsic one non-episodic, combined 2:1); the predictor's
+loss joins PPO's. Before PPO learns, `obs_norm_init_agent_steps` agent
+steps of uniformly random play initialise the bonus's pixel statistics
+(those iterations make no gradient step). Without `config.rnd` nothing of
+this exists (the network, the checkpoint and the losses are PPO's).
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from keras import ops
 
 from multidistill import acting, environments, evaluation, networks
 from multidistill.agents import base
+from multidistill.agents import rnd as rnd_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +104,9 @@ class PPOConfig:
         acts and is optimised, a probability in [0, 1). Default: the
         evaluation protocol's epsilon, so the policy trained is the one
         scored (CleanRL has none: 0).
+      rnd: Random Network Distillation's exploration bonus and its
+        settings (`agents.rnd.RNDConfig`); None: plain PPO. Under RND the
+        extrinsic stream is discounted by `rnd.extrinsic_gamma`, not `gamma`.
     """
 
     num_envs: int = 8
@@ -112,6 +126,7 @@ class PPOConfig:
     fc_units: int = 512
     life_loss_terminal: bool = True
     behaviour_epsilon: float = evaluation.EvalProtocol.epsilon
+    rnd: rnd_lib.RNDConfig | None = None
 
     def __post_init__(self):
         for name in ("num_envs", "rollout_length", "num_epochs", "num_minibatches"):
@@ -149,9 +164,11 @@ def gae(rewards, values, dones, valid, last_values, gamma: float, lam: float):
         delta_t = r_t + gamma (1 - d_t) V_{t+1} - V_t,
         A_t     = delta_t + gamma lambda (1 - d_t) A_{t+1},
 
-    where V_{t+1} is the value of the next valid step (reset steps, not
-    transitions, are skipped and get A = 0) and, after the last step,
-    `last_values`.
+    where V_{t+1} and A_{t+1} are those of the next valid step (reset
+    steps, not transitions, are skipped and get A = 0) and, after the last
+    step, `last_values` and 0. With dones all 0 (RND's intrinsic stream),
+    the return runs on from an episode's last transition into the next
+    episode's first, as if the reset were one more step of the game.
 
     Args:
       rewards: (T, N) clipped rewards.
@@ -173,24 +190,45 @@ def gae(rewards, values, dones, valid, last_values, gamma: float, lam: float):
     for t in reversed(range(t_len)):
         not_done = 1.0 - dones[t]
         delta = rewards[t] + gamma * next_values * not_done - values[t]
-        last_gae = delta + gamma * lam * not_done * last_gae
-        last_gae = np.where(valid[t], last_gae, 0.0)
-        adv[t] = last_gae
+        a_t = delta + gamma * lam * not_done * last_gae
+        adv[t] = np.where(valid[t], a_t, 0.0)
+        last_gae = np.where(valid[t], a_t, last_gae)
         next_values = np.where(valid[t], values[t], next_values)
     return adv
 
 
-class PPONetwork(keras.Model):
-    """Wraps the teacher network (frames -> logits, value) with the PPO loss."""
+def clipped_value_loss(value, returns, old_values, clip_eps: float):
+    """PPO's clipped value loss, with `keras.ops`:
 
-    def __init__(self, net: keras.Model, config: PPOConfig, **kwargs):
+        0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)].
+    """
+    v_clipped = old_values + ops.clip(value - old_values, -clip_eps, clip_eps)
+    return 0.5 * ops.mean(ops.maximum(ops.square(value - returns),
+                                      ops.square(v_clipped - returns)))
+
+
+class PPONetwork(keras.Model):
+    """Wraps the teacher network (frames -> logits, value) with the PPO loss.
+
+    With `rnd` (an `agents.rnd.RND`), the network also outputs the
+    intrinsic value, the inputs are {"frames", "next_frames"} (the next
+    observations' last frames) and the loss adds the intrinsic value loss
+    and the predictor's (`agents.rnd.predictor_loss`).
+    """
+
+    def __init__(self, net: keras.Model, config: PPOConfig, rnd=None, **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.config = config
+        self.rnd = rnd
 
     def call(self, frames):
-        logits, value = self.net(frames)
-        return {"logits": logits, "value": value}
+        if self.rnd is None:
+            logits, value = self.net(frames)
+            return {"logits": logits, "value": value}
+        logits, value, value_intrinsic = self.net(frames["frames"])
+        return {"logits": logits, "value": value, "value_intrinsic": value_intrinsic,
+                "prediction_error": self.rnd(frames["next_frames"])}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         c = self.config
@@ -205,12 +243,15 @@ class PPONetwork(keras.Model):
         adv = (adv - ops.mean(adv)) / (ops.std(adv) + 1e-8)
         pg_loss = ops.mean(ops.maximum(-adv * ratio,
                                        -adv * ops.clip(ratio, 1 - c.clip_eps, 1 + c.clip_eps)))
-        returns, old_v = y["returns"], y["old_values"]
-        v_clipped = old_v + ops.clip(value - old_v, -c.clip_eps, c.clip_eps)
-        v_loss = 0.5 * ops.mean(ops.maximum(ops.square(value - returns),
-                                            ops.square(v_clipped - returns)))
+        v_loss = clipped_value_loss(value, y["returns"], y["old_values"], c.clip_eps)
         entropy = -ops.mean(ops.sum(ops.exp(log_probs) * log_probs, axis=-1))
-        return pg_loss + c.value_coef * v_loss - c.entropy_coef * entropy
+        loss = pg_loss + c.value_coef * v_loss - c.entropy_coef * entropy
+        if "value_intrinsic" in y_pred:
+            v_int = ops.squeeze(y_pred["value_intrinsic"], -1)
+            loss = (loss + c.value_coef * clipped_value_loss(
+                v_int, y["returns_intrinsic"], y["old_values_intrinsic"], c.clip_eps)
+                + rnd_lib.predictor_loss(y_pred["prediction_error"], y["predictor_mask"]))
+        return loss
 
 
 class PPO:
@@ -228,11 +269,15 @@ class PPO:
 
     Attributes:
       net: frames -> [logits (B, A), value (B, 1)] (the teacher, critic
-        included).
-      learner: `PPONetwork` around `net`; checkpoint it with `optimizer`.
+        included); under RND also [..., intrinsic value (B, 1)].
+      rnd: the bonus (`agents.rnd.RND`) under RND, else None.
+      learner: `PPONetwork` around `net` (and `rnd`); checkpoint it with
+        `optimizer`.
       optimizer: Adam with a global gradient-norm clip.
       agent_steps: agent steps taken so far (over all environments).
       gradient_steps: minibatch gradient steps taken so far.
+      metrics: scalars of the last iteration by TensorBoard tag (under RND:
+        `rnd/*`), logged by the runner.
     """
 
     kind = "logits"
@@ -247,7 +292,13 @@ class PPO:
         self.net = networks.build_teacher_network(
             num_actions, spec.observation_shape, config.conv_filters, config.fc_units,
             with_value=True, name=f"ppo_{game}", orthogonal=config.orthogonal_init)
-        self.learner = PPONetwork(self.net, config)
+        self._teacher = self.net
+        self.rnd = None
+        if config.rnd is not None:
+            self.net = rnd_lib.with_intrinsic_value(self._teacher, config.orthogonal_init)
+            self.rnd = rnd_lib.RND(config.rnd, spec.observation_shape[1:], config.num_envs,
+                                   name=f"rnd_{game}")
+        self.learner = PPONetwork(self.net, config, rnd=self.rnd)
         self.optimizer = keras.optimizers.Adam(
             learning_rate=config.learning_rate, epsilon=1e-5,
             global_clipnorm=config.max_grad_norm)
@@ -266,12 +317,16 @@ class PPO:
             "dones": np.zeros((t, n), np.float32),
             "valid": np.zeros((t, n), bool),
         }
+        if self.rnd is not None:
+            self._buffers["values_intrinsic"] = np.zeros((t, n), np.float32)
         self._filled = 0  # Steps of the rollout under way held in the buffers.
+        self.metrics: dict[str, float] = {}
 
     @property
     def teacher_model(self) -> keras.Model:
-        """frames -> [logits, value]: the network itself, critic included."""
-        return self.net
+        """frames -> [logits, value]: the network, critic included (under RND
+        the same layers without the intrinsic value head)."""
+        return self._teacher
 
     def state(self) -> dict:
         """JSON-able counters to resume from (with a checkpoint of `learner`)."""
@@ -307,18 +362,26 @@ class PPO:
     def policy(self, observations: np.ndarray) -> tuple[np.ndarray, dict]:
         """Actions sampled from the mixture mu.
 
+        While RND's pixel statistics warm up, actions are uniformly random
+        (log_prob log 1/A, the probability they were acted with).
+
         Returns:
           (N,) int32 actions and extras {"log_prob": (N,) log mu(a|s) of the
-          actions, "value": (N,) V(s)}.
+          actions, "value": (N,) V(s)} (under RND also "value_intrinsic").
         """
-        logits, values = self.net.predict_on_batch(observations)
-        logits = np.asarray(logits, np.float32)
+        outputs = self.net.predict_on_batch(observations)
+        logits = np.asarray(outputs[0], np.float32)
         log_mu = mixture_log_probs_np(logits, self.config.behaviour_epsilon)
+        if self.rnd is not None and self.rnd.warming_up:
+            log_mu = np.full_like(log_mu, -np.log(logits.shape[1]))
         cdf = np.cumsum(np.exp(log_mu), axis=1)
         u = self.rng.random(len(logits))[:, None] * cdf[:, -1:]
         actions = np.minimum((cdf < u).sum(axis=1), logits.shape[1] - 1).astype(np.int32)
-        return actions, {"log_prob": log_mu[np.arange(len(actions)), actions],
-                         "value": np.asarray(values, np.float32)[:, 0]}
+        extras = {"log_prob": log_mu[np.arange(len(actions)), actions],
+                  "value": np.asarray(outputs[1], np.float32)[:, 0]}
+        if self.rnd is not None:
+            extras["value_intrinsic"] = np.asarray(outputs[2], np.float32)[:, 0]
+        return actions, extras
 
     def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
         """Observations (batch_size, stack, H, W) drawn uniformly (with
@@ -334,13 +397,19 @@ class PPO:
     def observe(self, step: acting.StepBatch) -> list[float] | None:
         """Records the step; once a rollout is full, this step's value closes it.
 
+        Under RND, while its pixel statistics warm up, the step only adds
+        its frames to them (an iteration is `rollout_length` such steps,
+        with no gradient step).
+
         Returns:
           None within a rollout; when the step after a full rollout arrives,
           the losses of the update on that rollout.
         """
+        if self.rnd is not None and self.rnd.warming_up:
+            return self._observe_warmup(step)
         losses = None
         if self._filled == self.config.rollout_length:
-            losses = self._update(last_values=step.extras["value"])
+            losses = self._update(step.extras["value"], step)
             self._filled = 0
         c, b, t = self.config, self._buffers, self._filled
         ended = (step.terminated | step.truncated) & step.valid
@@ -352,38 +421,106 @@ class PPO:
         b["rewards"][t] = np.clip(step.rewards, -1, 1)
         b["dones"][t] = dones
         b["valid"][t] = step.valid
+        if self.rnd is not None:
+            b["values_intrinsic"][t] = step.extras["value_intrinsic"]
         self._filled += 1
         self.agent_steps += len(step.valid)
         return losses
 
-    def _update(self, last_values: np.ndarray) -> list[float]:
-        """`num_epochs` passes of minibatches over the rollout in the buffers."""
+    def _observe_warmup(self, step: acting.StepBatch) -> list[float] | None:
+        """RND's warm-up: every frame (last of each stack) into the pixel statistics."""
+        self.rnd.observe_frames(step.observations[:, -1])
+        self.agent_steps += len(step.valid)
+        vector_steps = self.rnd.frames_seen // len(step.valid)
+        if vector_steps % self.config.rollout_length == 0 or not self.rnd.warming_up:
+            self.metrics = {"rnd/warmup_frames_seen": float(self.rnd.frames_seen)}
+            return []
+        return None
+
+    def _update(self, last_values: np.ndarray, step: acting.StepBatch) -> list[float]:
+        """`num_epochs` passes of minibatches over the rollout in the buffers,
+        closed by `step`, whose values `last_values` bootstrap the last."""
         c, b = self.config, self._buffers
-        adv = gae(b["rewards"], b["values"], b["dones"], b["valid"], last_values, c.gamma,
-                  c.gae_lambda)
         keep = b["valid"].reshape(-1)
         data_x = b["observations"].reshape((-1,) + b["observations"].shape[2:])[keep]
-        data_y = {
+        if self.rnd is None:
+            adv = gae(b["rewards"], b["values"], b["dones"], b["valid"], last_values,
+                      c.gamma, c.gae_lambda)
+            data_y = {}
+        else:
+            adv, data_y, next_frames = self._rnd_advantages(last_values, step)
+            data_x = {"frames": data_x, "next_frames": next_frames[keep]}
+        data_y.update({
             "actions": b["actions"].reshape(-1)[keep],
             "old_logp": b["log_probs"].reshape(-1)[keep],
             "advantages": adv.reshape(-1)[keep],
-            "returns": (adv + b["values"]).reshape(-1)[keep],
             "old_values": b["values"].reshape(-1)[keep],
-        }
+        })
+        if self.rnd is None:
+            data_y["returns"] = (adv + b["values"]).reshape(-1)[keep]
         rollout_start = self.agent_steps - b["valid"].size
         self.optimizer.learning_rate.assign(self.learning_rate(rollout_start))
-        size = data_x.shape[0]
+        size = len(data_y["actions"])
         mb = max(1, size // c.num_minibatches)
         losses = []
         for _ in range(c.num_epochs):
             perm = self.rng.permutation(size)
             for k in range(0, size - mb + 1, mb):
                 idx = perm[k:k + mb]
-                loss = self.learner.train_on_batch(
-                    data_x[idx], {key: v[idx] for key, v in data_y.items()})
+                y = {key: v[idx] for key, v in data_y.items()}
+                if self.rnd is not None:  # A fresh draw of the predictor's share.
+                    y["predictor_mask"] = (self.rng.random(len(idx))
+                                           < c.rnd.predictor_proportion).astype(np.float32)
+                x = ({key: v[idx] for key, v in data_x.items()} if isinstance(data_x, dict)
+                     else data_x[idx])
+                loss = self.learner.train_on_batch(x, y)
                 losses.append(float(np.asarray(loss).reshape(-1)[0]))
                 self.gradient_steps += 1
         return losses
+
+    def _rnd_advantages(self, last_values: np.ndarray, step: acting.StepBatch):
+        """RND's rewards and advantages of the rollout in the buffers (`agents.rnd`).
+
+        The bonus of transition t is that of the last frame of the next
+        observation (step t+1's, or for the last step the closing `step`'s;
+        after an episode's end, its final observation, which the reset step
+        holds). The pixel statistics then take the rollout's frames, the
+        return statistics its bonuses.
+
+        Returns:
+          (T, N) combined advantages; the intrinsic and extrinsic targets
+          {"returns", "returns_intrinsic", "old_values_intrinsic"} flattened
+          over (T, N); (T * N, H, W) next frames.
+        """
+        c, r, b = self.config, self.config.rnd, self._buffers
+        valid = b["valid"]
+        next_frames = np.concatenate([b["observations"][1:, :, -1],
+                                      step.observations[None, :, -1]])
+        flat_next = next_frames.reshape((-1,) + next_frames.shape[2:])
+        first = self.rnd.frames_seen == 0  # No warm-up: this rollout starts the statistics.
+        if first:
+            self.rnd.observe_frames(flat_next[valid.reshape(-1)])
+        raw = np.where(valid, self.rnd.errors(flat_next).reshape(valid.shape), 0.0)
+        if not first:
+            self.rnd.observe_frames(flat_next[valid.reshape(-1)])
+        r_int = self.rnd.normalise_rewards(raw, valid)
+        adv_ext = gae(b["rewards"], b["values"], b["dones"], valid, last_values,
+                      r.extrinsic_gamma, c.gae_lambda)
+        # Non-episodic: no episode end cuts the intrinsic return.
+        adv_int = gae(r_int, b["values_intrinsic"], np.zeros_like(b["dones"]), valid,
+                      step.extras["value_intrinsic"], r.intrinsic_gamma, c.gae_lambda)
+        self.metrics = {
+            "rnd/intrinsic_reward": float(r_int[valid].mean()) if valid.any() else 0.0,
+            "rnd/intrinsic_reward_raw": float(raw[valid].mean()) if valid.any() else 0.0,
+            "rnd/intrinsic_return_std": self.rnd.intrinsic_return_std,
+            "rnd/value_intrinsic": float(b["values_intrinsic"][valid].mean())
+            if valid.any() else 0.0,
+        }
+        targets = {"returns": (adv_ext + b["values"]).reshape(-1),
+                   "returns_intrinsic": (adv_int + b["values_intrinsic"]).reshape(-1),
+                   "old_values_intrinsic": b["values_intrinsic"].reshape(-1)}
+        return (rnd_lib.combined_advantages(adv_ext, adv_int, r),
+                {k: v[valid.reshape(-1)] for k, v in targets.items()}, flat_next)
 
     def close(self) -> None:
         """Frees the rollout buffers."""

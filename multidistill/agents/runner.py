@@ -273,9 +273,12 @@ class Runner:
         summaries.plot_curves(
             self.checkpoint_dir / "metrics.jsonl", self.checkpoint_dir / "learning_curve.png",
             [("episode return", ["charts/episodic_return", "eval/mean_return"]),
-             ("loss", ["losses/loss"])],
+             ("loss", ["losses/loss"]),
+             ("RND bonus (normalised)", ["rnd/intrinsic_reward"]),
+             ("rooms", ["rooms/found", "rooms/mean_per_episode"])],
             "emulator frames",
             labels={"charts/episodic_return": "training episodes",
+                    "rooms/found": "found so far", "rooms/mean_per_episode": "per episode",
                     "eval/mean_return":
                         f"evaluation ({self.config.eval_episodes} episodes, protocol)"})
 
@@ -387,6 +390,7 @@ class Runner:
                         "charts/SPS": record.agent_steps_per_s}
                 if returns:
                     logs["charts/episodic_return"] = float(np.mean(returns))
+                logs.update(record.metrics or {})
                 writer.scalars(frames, logs)
                 for companion in self.companions:
                     companion.on_record(self.agent, record, writer)
