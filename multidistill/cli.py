@@ -505,7 +505,7 @@ def define_teacher_training_flags():
     """The flags of `python -m multidistill.train_teacher` (the shipped
     teachers' cards record such commands: keep every flag working)."""
     from multidistill import networks, teachers
-    from multidistill.agents import dqn, ppo, runner
+    from multidistill.agents import dqn, ppo, rnd, runner
 
     run = runner.RunConfig
     flags.DEFINE_string("game", None, "Game to train on (ALE ROM id, e.g. pong).")
@@ -563,6 +563,32 @@ def define_teacher_training_flags():
     flags.DEFINE_bool("orthogonal_init", ppo.PPOConfig.orthogonal_init,
                       "PPO only: CleanRL's initialisation (orthogonal kernels: gain sqrt(2) "
                       "in the trunk, 0.01 policy head, 1 value head); off: Keras' default.")
+    rnd_defaults = rnd.RNDConfig()
+    flags.DEFINE_bool("rnd", False,
+                      "PPO only: Random Network Distillation's exploration bonus (Burda et "
+                      "al. 2018): a second value head for the intrinsic return "
+                      "(non-episodic, discount 0.99), the extrinsic one discounted by 0.999, "
+                      "advantages 2 x extrinsic + --rnd_intrinsic_coef x intrinsic; first "
+                      f"{rnd_defaults.obs_norm_init_agent_steps:,} agent steps of random play "
+                      "(counted in --num_env_frames) set the bonus's pixel statistics. The "
+                      "teacher exported is the same logits teacher with its extrinsic critic; "
+                      "its card records the settings. Default checkpoint folder "
+                      "<game>_ppo_rnd.")
+    flags.DEFINE_float("rnd_intrinsic_coef", rnd_defaults.intrinsic_coef,
+                       "With --rnd: weight (a number >= 0, no unit) of the intrinsic "
+                       f"advantage; the extrinsic one weighs {rnd_defaults.extrinsic_coef:g} "
+                       "(the paper's 2:1). 0: the bonus is still computed and learnt but does not "
+                       "steer the policy.")
+    flags.DEFINE_float("rnd_predictor_proportion", rnd_defaults.predictor_proportion,
+                       "With --rnd: fraction in (0, 1] of each minibatch's states, drawn at "
+                       "random, that the bonus's predictor trains on (the paper: 0.25 with 128 "
+                       "environments, i.e. 32 environments' worth; 1 suits --num_envs=8).")
+    flags.DEFINE_integer("room_probe_episodes", 4,
+                         "On games whose room number ALE's RAM holds (montezuma_revenge, "
+                         "venture, pitfall): episodes (a count) the teacher plays at each "
+                         "evaluation in emulators whose RAM is read, to count the rooms it "
+                         "visits (TensorBoard rooms/*, <checkpoint_dir>/rooms.json); 0: none. "
+                         "Ignored on other games.")
     flags.DEFINE_enum("teacher_start_epsilon", dqn.DQNConfig.teacher_start_epsilon,
                       ["final", "schedule"],
                       "DQN only, with --init_from_teacher: final explores at --epsilon_end "
@@ -657,14 +683,29 @@ def dqn_config_from_flags():
 
 
 def ppo_config_from_flags():
-    """The `agents.ppo.PPOConfig` of the flags (the others at their defaults).
+    """The `agents.ppo.PPOConfig` of the flags (the others at their defaults),
+    with `agents.rnd.RNDConfig` under --rnd.
 
     Raises:
       UsageError: a value out of range, e.g. "--behaviour_epsilon must be in [0, 1),
-        found 1.5".
+        found 1.5"; an --rnd_* flag without --rnd.
     """
-    from multidistill.agents import ppo
+    import dataclasses
 
-    return _teacher_config_from_flags(ppo.PPOConfig, _PPO_FLAGS)
+    from multidistill.agents import ppo, rnd
+
+    for name in ("rnd_intrinsic_coef", "rnd_predictor_proportion"):
+        require(FLAGS.rnd or not FLAGS[name].present,
+                f"--{name} applies with --rnd only (found --{name}={FLAGS[name].value} "
+                "without --rnd)")
+    config = _teacher_config_from_flags(ppo.PPOConfig, _PPO_FLAGS)
+    if not FLAGS.rnd:
+        return config
+    rnd_config = _config_from_flags(lambda: rnd.RNDConfig(
+        intrinsic_coef=FLAGS.rnd_intrinsic_coef,
+        predictor_proportion=FLAGS.rnd_predictor_proportion),
+        {"RNDConfig.intrinsic_coef": "rnd_intrinsic_coef",
+         "RNDConfig.predictor_proportion": "rnd_predictor_proportion"})
+    return dataclasses.replace(config, rnd=rnd_config)
 
 # -- end of teacher training ---------------------------------------------------

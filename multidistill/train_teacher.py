@@ -16,8 +16,14 @@ the counters recorded in its card.
 `--mode=evaluate` only evaluates the teacher in `teachers_dir` under the
 project's protocol and writes the score into its card.
 
+`--algo=ppo --rnd` adds Random Network Distillation's exploration bonus
+(`agents.rnd`); on games whose room number the emulator's RAM holds
+(Montezuma's Revenge, Venture, Pitfall!) a probe counts the rooms the
+teacher visits at each evaluation (`agents.rooms`).
+
 This module only wires parts together: flags (`cli`), the agent
-(`agents.dqn`, `agents.ppo`) and the runner (`agents.runner`).
+(`agents.dqn`, `agents.ppo`), the runner (`agents.runner`) and what rides
+along it (`realtime`, `agents.rooms`).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def _check_writable(folder: Path) -> None:
 
 def main(argv):
     del argv
-    from multidistill.agents import runner
+    from multidistill.agents import rooms, runner
 
     if FLAGS.mode == "table":
         readme = teachers_lib.write_cards_table(FLAGS.teachers_dir,
@@ -83,11 +89,18 @@ def main(argv):
         print(f"{game.name}: {_score(r)}")
         return
     run_config = cli.teacher_run_config_from_flags()
+    cli.require(not FLAGS.rnd or FLAGS.algo == "ppo",
+                f"--rnd is an exploration bonus for PPO's two value heads: use it with "
+                f"--algo=ppo (found --algo={FLAGS.algo})")
+    cli.require(FLAGS.room_probe_episodes >= 0,
+                f"--room_probe_episodes must be >= 0, found {FLAGS.room_probe_episodes}")
     # Both, so that a bad value of either algorithm's flags is refused.
     agent_configs = {"dqn": cli.dqn_config_from_flags(), "ppo": cli.ppo_config_from_flags()}
     _check_writable(teachers_dir)
+    # A run with RND has other variables than one without: its own folder.
     checkpoint_dir = Path(FLAGS.checkpoint_dir or Path.home() / ".cache" / "multidistill"
-                          / "teacher_runs" / f"{game.name}_{FLAGS.algo}")
+                          / "teacher_runs"
+                          / f"{game.name}_{FLAGS.algo}{'_rnd' if FLAGS.rnd else ''}")
 
     realtime_config = cli.realtime_config_from_flags(run_config.seed)
     cli.require(not (FLAGS.init_from_teacher and FLAGS.init_trunk_from),
@@ -111,6 +124,10 @@ def main(argv):
             checkpoint_dir / "realtime")
         students_run.build(agent.teacher_model)
         companions.append(students_run)
+    if game.name in rooms.ROOM_RAM_ADDRESS and FLAGS.room_probe_episodes > 0:
+        companions.append(rooms.RoomProbe(game.name, spec, FLAGS.room_probe_episodes,
+                                          checkpoint_dir, seed=run_config.seed,
+                                          kind=agent.kind))
     run = runner.Runner(agent, FLAGS.algo, game.name, spec, run_config, teachers_dir,
                         checkpoint_dir,
                         command=" ".join(["python -m multidistill.train_teacher"]
@@ -128,9 +145,13 @@ def main(argv):
         except ValueError as e:
             raise cli.UsageError(f"--init_trunk_from={FLAGS.init_trunk_from}: {e}") from None
         print(f"initialised the trunk ({n} layers) from {FLAGS.init_trunk_from}")
-    if companions:
+    if realtime_config is not None:
         print(f"real-time students {', '.join(realtime_config.sizes)} in "
               f"{checkpoint_dir / 'realtime'}")
+    if any(isinstance(c, rooms.RoomProbe) for c in companions):
+        print(f"rooms visited: {FLAGS.room_probe_episodes} probe episodes per evaluation "
+              f"(RAM address {rooms.ROOM_RAM_ADDRESS[game.name]}), in "
+              f"{checkpoint_dir / 'rooms.json'}")
     try:
         stopped = run.train()
     finally:
