@@ -24,9 +24,10 @@ mu_x, sigma_x start from a random agent's frames (`obs_norm_init_agent_steps`,
 a warm-up in which PPO acts uniformly at random and learns nothing) and are
 updated with every rollout's.
 
-Settings and where they come from (the paper, Sec. 2.3-2.4 and its
-Table 5 of default hyper-parameters, checked against OpenAI's code,
-`random-network-distillation`, and CleanRL's `ppo_rnd_envpool.py`):
+Settings and where they come from (the paper's Sec. 2 and its appendix
+table of default hyper-parameters, checked against OpenAI's code,
+`openai/random-network-distillation`, whose command-line defaults differ
+in places, and CleanRL's `ppo_rnd_envpool.py`, which follows the table):
 gamma_E 0.999, gamma_I 0.99, c_E 2, c_I 1, observation clip 5, target
 and predictor on the last frame of the stack, a target of 3 convolutions
 (32, 64, 64 filters, leaky ReLU of slope 0.2 as TensorFlow's) and a linear
