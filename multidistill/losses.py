@@ -112,7 +112,7 @@ def l2_normalised(factors, factor_mask=None, eps=1e-12):
     """Each sample's factors over their L2 norm (IE-KD's and factor transfer's
     normalisation; padding outside `factor_mask` stays 0).
 
-        u = F / max(||F||_2, eps)
+        u = F / ||F||_2   (0 where ||F||_2 <= eps, with no gradient)
 
     Returns:
       (B, K) float32.
@@ -120,8 +120,13 @@ def l2_normalised(factors, factor_mask=None, eps=1e-12):
     f = ops.cast(factors, "float32")
     if factor_mask is not None:
         f = ops.where(factor_mask > 0, f, 0.0)
-    norm = ops.sqrt(ops.sum(ops.square(f), axis=-1, keepdims=True))
-    return f / ops.maximum(norm, eps)
+    # A vector shorter than eps (a zero one: a sample whose half of the hidden
+    # layer is all ReLU-dead and an encoder without bias yet) is mapped to 0
+    # with a zero gradient, instead of sqrt's 0 * inf = NaN at 0 or F / eps's
+    # gradient of 1 / eps.
+    squared = ops.sum(ops.square(f), axis=-1, keepdims=True)
+    norm = ops.sqrt(ops.maximum(squared, eps * eps))
+    return ops.where(squared > eps * eps, f / norm, 0.0)
 
 
 def factor_distance(student_factors, teacher_factors, factor_mask=None):

@@ -3,6 +3,7 @@ student's split, where the gradients go, the teachers' auto-encoders, the
 objective, save/load, a run through the real distiller, and the flags."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,6 +91,16 @@ def _grad(f, x):
 
         return np.asarray(jax.grad(f)(x), np.float64)
     pytest.skip(f"no gradient helper for the {keras.backend.backend()} backend")
+
+
+def test_a_zero_factor_vector_has_a_finite_gradient():
+    # A sample whose half of the hidden layer is all ReLU-dead has zero factors.
+    s = np.array([[0.0, 0.0, 0.0], [0.5, 0.1, 0.2]], np.float32)
+    t = np.array([[1.0, 0.2, 0.1], [0.3, 0.6, 0.9]], np.float32)
+    for loss in (losses.inheritance_loss, losses.exploration_loss):
+        g = _grad(lambda v, loss=loss: loss(v, t), s)
+        assert np.all(np.isfinite(g)), g
+        np.testing.assert_array_equal(g[0], 0)
 
 
 def test_a_step_down_each_loss_moves_the_factors_the_right_way():
@@ -337,7 +348,7 @@ def test_objective_terms_by_hand():
     assert _f(terms["exploration"]) == pytest.approx(
         -2.0 * distance(y_pred["exploration_factors"]), rel=1e-5)
     assert _f(o.loss(s, x, y, y_pred)) == pytest.approx(
-        sum(_f(v) for v in terms.values()), rel=1e-6)
+        sum(_f(v) for v in terms.values()), rel=1e-5, abs=1e-6)
     import dataclasses
 
     off = dataclasses.replace(o, exploration_weight=0.0)
@@ -509,3 +520,26 @@ def test_flag_errors(parse, argv, message):
     with pytest.raises(cli.UsageError) as e:
         cli.distill_config_from_flags(["pong"], ["q_values"])
     assert message in str(e.value)
+
+
+# -- the other backend -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_iekd_tests_pass_under_jax():
+    """The losses, the split, the gradients and the objective run under JAX
+    too (the suite runs under TensorFlow; tests/test_backends.py does the
+    same for the other loss and network files)."""
+    import os
+
+    from conftest import run_cli
+
+    pytest.importorskip("jax")
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        pytest.skip("the whole suite already runs under JAX")
+    rc, out = run_cli(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_iekd.py",
+                       "-m", "not slow"],
+                      env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert rc == 0, out
+    assert re.search(r"\d+ passed", out.strip().splitlines()[-1]), out[-2000:]
+    assert "failed" not in out.strip().splitlines()[-1]
