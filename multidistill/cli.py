@@ -216,6 +216,7 @@ _RULE_NAMES = ("teacher_distill", "on_policy_distill", "on_policy_distill_reward
 def define_distill_flags():
     """The student, its objective and its training."""
     from multidistill import (
+        codistill,
         distiller,
         distribution,
         iekd,
@@ -228,11 +229,12 @@ def define_distill_flags():
     d, o, p = distiller.DistillConfig(games=()), objectives.Distillation(), \
         pipeline.PipelineConfig()
     ie = iekd.IEKD()
+    co = codistill.Codistillation()
     flags.DEFINE_string("run_dir", None,
                         "Run directory (default runs/<games>_<loss>_<student_size>_<preset>"
-                        "_seed<seed>, with _iekd after <loss> for --iekd and _shared18 after "
-                        "<student_size> for --student_head=shared18); an existing one is "
-                        "resumed.")
+                        "_seed<seed>, with _iekd after <loss> for --iekd, _shared18 after "
+                        "<student_size> for --student_head=shared18 and _codistill<N> at the "
+                        "end for --codistill=N); an existing one is resumed.")
     flags.DEFINE_enum("loss", o.policy_loss, sorted(losses.POLICY_LOSSES),
                       "Policy loss: kl (temperature-sharpened KL, Rusu et al.), nll (teacher's "
                       "argmax action) or mse (regress teacher outputs).")
@@ -261,6 +263,24 @@ def define_distill_flags():
     flags.DEFINE_integer("iekd_autoencoder_steps", ie.autoencoder_grad_steps,
                          "With --iekd: Adam steps (of 256 feature vectors each) that fit each "
                          "teacher's auto-encoder before distillation (smoke preset: 100).")
+    flags.DEFINE_integer("codistill", 0,
+                         "Codistillation (Anil et al. 2018, multidistill/codistill.py): train "
+                         "this many students at once (0 or 1: off, one student), student i on "
+                         "share i of the training episodes (disjoint contiguous shares, the "
+                         "held-out episodes shared), each also pulled toward the others' stale "
+                         "policies; they live in <run_dir>/student_<i>, and the main job "
+                         "evaluates student 0.")
+    flags.DEFINE_float("codistill_weight", co.weight,
+                       "With --codistill: weight w (>= 0) of the peer term KL(p_peers || "
+                       "p_student) at temperature 1, added to --loss's term (1: Algorithm 1 "
+                       "of the paper adds it unweighted).")
+    flags.DEFINE_integer("codistill_refresh_steps", co.refresh_steps,
+                         "With --codistill: gradient steps K between refreshes of the stale "
+                         "copies of the peers (a copy lags by 0 to K-1 steps).")
+    flags.DEFINE_integer("codistill_burn_in_steps", co.burn_in_steps,
+                         "With --codistill: gradient steps trained on the teacher labels alone "
+                         "before the peer term switches on (default: a tenth of the default "
+                         "--num_grad_steps).")
     flags.DEFINE_enum("update_rule", "none", ["none", *_RULE_NAMES],
                       "Train by one of the update rules of Czarnecki et al. (2019, "
                       "multidistill/update_rules.py) instead of --loss, returns truncated to "
@@ -341,7 +361,31 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
                 f"--{name} applies with --iekd only (found --{name}={FLAGS[name].value} "
                 "without --iekd)")
 
+    if FLAGS.codistill < 0:
+        raise UsageError(f"--codistill must be >= 0 (0 or 1: off), found {FLAGS.codistill}")
+    codistilling = FLAGS.codistill >= 2
+    for name in ("codistill_weight", "codistill_refresh_steps", "codistill_burn_in_steps"):
+        require(codistilling or not FLAGS[name].present,
+                f"--{name} applies with --codistill=2 or more only (found --{name}="
+                f"{FLAGS[name].value} with --codistill={FLAGS.codistill})")
+    require(not codistilling or (FLAGS.update_rule == "none" and not FLAGS.iekd),
+            f"--codistill adds its peer term to --loss's distillation objective, not to "
+            f"--update_rule={FLAGS.update_rule} or --iekd: use one of them")
+    require(not codistilling or FLAGS.distribution != "multi_worker",
+            "--codistill trains its students in one process: use --distribution=none or "
+            "data_parallel, not multi_worker")
+
     def objective():
+        if codistilling:
+            from multidistill import codistill
+
+            return codistill.Codistillation(
+                base=objectives.Distillation(policy_loss=FLAGS.loss,
+                                             feature_beta=FLAGS.feature_beta,
+                                             temperatures=temperatures),
+                weight=FLAGS.codistill_weight, num_students=FLAGS.codistill,
+                refresh_steps=FLAGS.codistill_refresh_steps,
+                burn_in_steps=FLAGS.codistill_burn_in_steps)
         if FLAGS.iekd:
             from multidistill import iekd
 
@@ -377,7 +421,9 @@ def distill_config_from_flags(games: Sequence[str], teacher_kinds: Sequence[str]
          "rule": "update_rule", "teacher_kinds": "update_rule", "gamma": "rule_gamma",
          "inheritance_weight": "iekd_inheritance_weight",
          "exploration_weight": "iekd_exploration_weight",
-         "autoencoder_grad_steps": "iekd_autoencoder_steps"})
+         "autoencoder_grad_steps": "iekd_autoencoder_steps",
+         "weight": "codistill_weight", "refresh_steps": "codistill_refresh_steps",
+         "burn_in_steps": "codistill_burn_in_steps"})
 
 
 # -- collection rounds (train.py) -------------------------------------------------

@@ -15,12 +15,17 @@
    (or --loss), resuming --run_dir if it holds a checkpoint of this run;
    with --control=student|mixture|uniform (or --rounds > 0), then runs
    collection rounds: the control policy plays, the teacher labels, the
-   student trains on the aggregate (`multidistill.rounds`);
+   student trains on the aggregate (`multidistill.rounds`); with
+   --codistill=N, trains N students at once on disjoint shares of the data,
+   each pulled toward the others' stale policies (`multidistill.codistill`),
+   in <run_dir>/student_<i>;
 4. computes the student's diagnostics on the held-out data
    (diagnostics.json, diagnostics.png: KL, agreement, entropies, the
    teachers' action gaps; `multidistill.diagnostics`), evaluates student
    and teachers under one protocol and writes report.json and report.md
-   (with a Diagnostics section) into the run directory.
+   (with a Diagnostics section) into the run directory (with --codistill,
+   student 0's, <run_dir>/student_0; the others' students are saved beside
+   it, not evaluated).
 
 This module maps flags to configs and calls the stages (`multidistill.stages`)
 in order; the same calls work from Python (README, "Python API").
@@ -88,6 +93,12 @@ def main(argv):
     except ValueError as e:
         raise cli.UsageError(f"--{e}") from None
     rounds_config = cli.rounds_config_from_flags(_rounds())
+    codistilling = FLAGS.codistill >= 2
+    cli.require(not (codistilling and (rounds_config.rounds
+                                       or rounds_config.control != "teacher")),
+                f"--codistill trains on the offline datasets: it does not run collection "
+                f"rounds (found --control={rounds_config.control}, --rounds="
+                f"{rounds_config.rounds}); use --control=teacher --rounds=0")
     cli.require(not (rounds_config.rounds and engine.num_workers > 1),
                 f"--distribution={engine.name}: collection rounds write datasets, which "
                 f"{engine.num_workers} workers cannot share; use --rounds=0 (offline "
@@ -123,7 +134,8 @@ def main(argv):
     loss = FLAGS.loss + ("_iekd" if FLAGS.iekd else "")
     run_dir = Path(FLAGS.run_dir or Path("runs") / (
         f"{'-'.join(game_names)}_{loss}_{FLAGS.student_size}{head}_{FLAGS.preset}"
-        f"{control}_seed{FLAGS.seed}"))
+        f"{control}_seed{FLAGS.seed}" + (f"_codistill{FLAGS.codistill}" if codistilling
+                                         else "")))
     print(f"[2/3] distilling into {run_dir} ({config.num_grad_steps:,} gradient steps of "
           f"{config.global_batch_size} samples, {config.precision}"
           + (f", {engine.num_replicas} devices ({engine.name})" if engine.num_replicas > 1
@@ -133,7 +145,20 @@ def main(argv):
               f"{rounds_config.grad_steps_per_round:,} gradient steps each"
               if rounds_config.rounds else ""))
     rounds_summary = None
-    if rounds_config.rounds:
+    if codistilling:
+        from multidistill import codistill
+
+        print(f"  codistillation: {FLAGS.codistill} students on disjoint shares of the "
+              f"training episodes in {run_dir}/student_<i>; student 0 is evaluated")
+        try:
+            train_summary, student_paths = codistill.distil(run_dir, config, paths, spec, kinds)
+        except KeyboardInterrupt:
+            print(f"interrupted: every student's checkpoint is saved in {run_dir}; run the "
+                  "same command to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+        # Student 0's run directory takes the diagnostics, report and evaluation.
+        run_dir, student_path = codistill.student_dir(run_dir, 0), student_paths[0]
+    elif rounds_config.rounds:
         loop = rounds.RoundLoop(run_dir, rounds_config, config, teachers, paths, spec,
                                 collect_config)
         try:

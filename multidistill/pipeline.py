@@ -182,7 +182,7 @@ class _GameWindow:
     """The block window of one game's dataset."""
 
     def __init__(self, ds: datasets_lib.Dataset, index: int, config: PipelineConfig,
-                 per_batch: int, fields: Sequence[str]):
+                 per_batch: int, fields: Sequence[str], share: tuple[int, int] | None = None):
         self.ds = ds
         self.outputs = tuple(fields)
         self.next_fields = tuple(f for f in fields if f in NEXT_FIELDS)
@@ -195,11 +195,19 @@ class _GameWindow:
         if config.holdout_fraction > 0 and n_ep >= 2:
             n_hold = max(n_hold, 1)
         n_hold = min(n_hold, n_ep - 1) if n_ep >= 1 else 0
-        self.train_rows = (int(ds.episode_starts[n_ep - n_hold]) if n_hold
-                           else ds.num_agent_steps)
-        self.holdout_range = (self.train_rows, ds.num_agent_steps)
+        train_stop = (int(ds.episode_starts[n_ep - n_hold]) if n_hold
+                      else ds.num_agent_steps)
+        self.holdout_range = (train_stop, ds.num_agent_steps)
+        # The rows trained on: all training episodes, or one share of them.
+        self.train_range = (0, train_stop)
+        if share is not None:
+            self.train_range = _share_rows(ds, n_ep - n_hold, share)
+        self.train_rows = self.train_range[1] - self.train_range[0]
         if self.train_rows < 1:
-            raise datasets_lib.DatasetError(f"dataset {ds.path} holds no training steps")
+            raise datasets_lib.DatasetError(
+                f"dataset {ds.path} holds no training steps"
+                + (f" in share {share[0]} of {share[1]} ({n_ep - n_hold} training episodes)"
+                   if share is not None else ""))
         self.block_rows = min(config.block_rows, self.train_rows)
         self.slots = config.blocks_in_memory
         # Refresh one slot every `period` batches: about one use per row read.
@@ -229,10 +237,12 @@ class _GameWindow:
         rng = np.random.default_rng([self.config.seed, self.index, slot, generation])
         last = self.train_rows - self.block_rows
         align = datasets_lib.FRAME_CHUNK_ROWS
+        lo = self.train_range[0]
         if last <= 0:
-            return 0
-        # Chunk-aligned starts, plus `last` itself so the final rows are reachable.
-        return int(min(rng.integers(0, last // align + 2) * align, last))
+            return lo
+        # Chunk-aligned starts, plus `last` itself so the final rows are reachable
+        # (relative to the first training row: the same draws as ever at 0).
+        return lo + int(min(rng.integers(0, last // align + 2) * align, last))
 
     def _load(self, slot: int, start: int) -> None:
         rows = self._offsets.shape[1]  # The block, and the row after it if kept.
@@ -295,6 +305,28 @@ class _GameWindow:
         return out
 
 
+def share_episodes(num_train_episodes: int, share: tuple[int, int]) -> tuple[int, int]:
+    """The training episodes [first, stop) of share i of n: contiguous runs of
+    (nearly) equal episode counts that cover every training episode once.
+
+    Contiguous rather than every n-th episode: a share is then one range of
+    rows, which the block window reads as it reads a whole dataset (long
+    contiguous HDF5 reads); the episodes are recorded by one behaviour
+    policy in order, so their position says nothing else about them.
+    """
+    i, n = share
+    return num_train_episodes * i // n, num_train_episodes * (i + 1) // n
+
+
+def _share_rows(ds: datasets_lib.Dataset, num_train_episodes: int,
+                share: tuple[int, int]) -> tuple[int, int]:
+    first, stop = share_episodes(num_train_episodes, share)
+    starts = list(ds.episode_starts[:num_train_episodes]) + [
+        ds.episode_starts[num_train_episodes] if num_train_episodes < ds.num_episodes
+        else ds.num_agent_steps]
+    return int(starts[first]), int(starts[stop])
+
+
 def _gather(ds: datasets_lib.Dataset, rows: np.ndarray, fields: Sequence[str],
             span: int = 4096) -> dict[str, np.ndarray]:
     """Observations and fields of some sorted rows of a dataset, read in
@@ -325,11 +357,19 @@ class HDF5Source:
         among `datasets.STEP_FIELDS`.
       max_episodes: per dataset, the prefix of episodes to use (the data a
         run started from; None: all the file holds now).
+      share: (i, n): train on share i of n of each dataset's training
+        episodes only (`share_episodes`: disjoint, together all of them;
+        codistillation's students, `multidistill.codistill`); the held-out
+        episodes are the same for every share. None: all of them.
     """
 
     def __init__(self, paths: Sequence[str], config: PipelineConfig,
                  fields: Sequence[str] = ("teacher_outputs",),
-                 max_episodes: Sequence[int] | None = None):
+                 max_episodes: Sequence[int] | None = None,
+                 share: tuple[int, int] | None = None):
+        if share is not None and not (share[1] >= 1 and 0 <= share[0] < share[1]):
+            raise ValueError(f"share must be (i, n) with 0 <= i < n, found {share}")
+        self.share = None if share is None else (int(share[0]), int(share[1]))
         unknown = [f for f in fields if f not in FIELDS]
         if unknown:
             raise ValueError(f"unknown batch fields {unknown}: expected some of {list(FIELDS)}")
@@ -358,8 +398,12 @@ class HDF5Source:
         self.num_actions = [ds.num_actions for ds in self.datasets]
         self.feature_dims = [ds.feature_dim for ds in self.datasets]
         self.counts = _split_counts(config.batch_size_per_game * g, weights)
-        self.windows = [_GameWindow(ds, i, config, c, self.fields)
-                        for i, (ds, c) in enumerate(zip(self.datasets, self.counts))]
+        try:
+            self.windows = [_GameWindow(ds, i, config, c, self.fields, self.share)
+                            for i, (ds, c) in enumerate(zip(self.datasets, self.counts))]
+        except Exception:
+            self.close()
+            raise
         self.max_actions = max(self.num_actions)
         self.max_feature_dim = max(max(ds.stored_feature_dim for ds in self.datasets), 1)
 
@@ -370,11 +414,14 @@ class HDF5Source:
     def identity(self) -> dict:
         """Per dataset: game, labelling teacher, the prefix used (episodes,
         steps) and the sessions that recorded it."""
-        return {"datasets": [
+        out = {"datasets": [
             {"game": ds.game, "teacher_sha256": ds.teacher_sha256,
              "num_episodes": ds.num_episodes, "num_agent_steps": ds.num_agent_steps,
              "sessions": [s.to_dict() for s in ds.sessions]}
             for ds in self.datasets]}
+        if self.share is not None:  # Absent otherwise: runs before shares resume.
+            out["share"] = list(self.share)
+        return out
 
     def _assemble(self, parts: list[tuple[int, dict]], fields: Sequence[str] | None = None
                   ) -> tuple[dict, dict]:

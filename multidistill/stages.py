@@ -41,6 +41,8 @@ PRESETS = {
         "student_size": "net3",
         "datasets_dir": "datasets/smoke",
         "iekd_autoencoder_steps": 100,
+        "codistill_refresh_steps": 10,
+        "codistill_burn_in_steps": 20,
     },
 }
 
