@@ -35,6 +35,12 @@ Held-out data. The last `holdout_fraction` of each dataset's episodes (at
 least one episode when there are two or more) are never trained on; they
 give the held-out metrics.
 
+Shares. A source opened with `share=(i, n)` trains on share i of n of each
+dataset's training episodes only: contiguous runs of episodes, disjoint,
+together all of them (`share_episodes`; codistillation's students,
+`multidistill.codistill`). The held-out episodes are the same for every
+share, so that students trained on different shares are measured alike.
+
 Growing datasets. A source may be opened on a prefix of each file (the
 episodes a run started from, `max_episodes`): a file topped up or extended
 by later collection rounds then does not change the batches of a run that
@@ -206,7 +212,9 @@ class _GameWindow:
         if self.train_rows < 1:
             raise datasets_lib.DatasetError(
                 f"dataset {ds.path} holds no training steps"
-                + (f" in share {share[0]} of {share[1]} ({n_ep - n_hold} training episodes)"
+                + (f" in share {share[0]} of {share[1]}: its {n_ep - n_hold} training "
+                   f"episodes cannot be split into {share[1]} disjoint sets; record more "
+                   "episodes (--num_agent_steps) or train fewer students"
                    if share is not None else ""))
         self.block_rows = min(config.block_rows, self.train_rows)
         self.slots = config.blocks_in_memory
