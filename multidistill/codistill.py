@@ -270,12 +270,17 @@ class Codistiller:
         self.config = config
         self.objective = objective
         self.students: list[distiller.Distiller] = []
-        for i, source in enumerate(sources):
-            c = dataclasses.replace(config, pipeline=dataclasses.replace(
-                config.pipeline, seed=student_seed(config.pipeline.seed, i)))
-            wrapped = PeerLabelledSource(source, self._labeller(i))
-            self.students.append(distiller.Distiller(student_dir(run_dir, i), c, wrapped, spec,
-                                                     teacher_kinds))
+        try:
+            for i, source in enumerate(sources):
+                c = dataclasses.replace(config, pipeline=dataclasses.replace(
+                    config.pipeline, seed=student_seed(config.pipeline.seed, i)))
+                wrapped = PeerLabelledSource(source, self._labeller(i))
+                self.students.append(distiller.Distiller(student_dir(run_dir, i), c, wrapped,
+                                                         spec, teacher_kinds))
+        except BaseException:
+            for d in self.students:  # Their writers; the caller closes the sources.
+                d.writer.close()
+            raise
         # One stale copy per student; student i's peers are the copies j != i.
         self.stale = [distiller.build_student(self.students[0].config, source.num_actions,
                                               source.feature_dims, spec)[0]

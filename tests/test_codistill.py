@@ -42,7 +42,12 @@ def _run(run_dir, datasets_dir, spec, config):
     sources = codistill.open_sources(
         _paths(datasets_dir, config), config,
         distiller.data_prefix(codistill.student_dir(run_dir, 0)))
-    return codistill.Codistiller(run_dir, config, sources, spec, ["q_values", "logits"])
+    try:
+        return codistill.Codistiller(run_dir, config, sources, spec, ["q_values", "logits"])
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
 
 
 # -- the schedule ----------------------------------------------------------------------
@@ -247,6 +252,14 @@ def test_a_missing_snapshot_is_a_clear_error(tmp_path, datasets_dir, spec):
     with pytest.raises(distiller.TrainingError, match="stale_step4.npz is missing"):
         resumed.train(progress=False)
     resumed.close()
+
+
+def test_a_run_resumes_only_with_its_schedule(tmp_path, datasets_dir, spec):
+    first = _run(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=2))
+    first.train(progress=False)
+    first.close()
+    with pytest.raises(distiller.TrainingError, match="other settings"):
+        _run(tmp_path / "run", datasets_dir, spec, _config(num_grad_steps=4, refresh=5))
 
 
 def test_plain_configs_keep_their_identity():
