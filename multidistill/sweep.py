@@ -604,6 +604,9 @@ def config_from_flags() -> SweepConfig:
         cli.require(not FLAGS[name].present,
                     f"--{name} does not apply to the sweep ({instead}), found "
                     f"--{name}={FLAGS[name].value}")
+    cli.require(FLAGS.codistill < 2,
+                f"--codistill does not apply to the sweep (one student per size; run the "
+                f"main job with --codistill instead), found --codistill={FLAGS.codistill}")
     try:
         batch_sizes = tuple(int(b) for b in FLAGS.latency_batch_sizes)
     except ValueError:

@@ -317,6 +317,8 @@ KNOWN = ", ".join(networks.STUDENT_SIZES)
      "--student_size=net3"),
     (["--run_dir=runs/x"], "--run_dir does not apply to the sweep (each size runs in "
                            "<output_dir>/<size>; give --output_dir), found --run_dir=runs/x"),
+    (["--codistill=2"], "--codistill does not apply to the sweep (one student per size; run "
+                        "the main job with --codistill instead), found --codistill=2"),
 ])
 def test_bad_flags_name_the_flag(parse, argv, message):
     cli = parse(*argv)
