@@ -173,12 +173,7 @@ class Codistillation:
         return out
 
     def loss(self, student, x, y, y_pred):
-        terms = self.terms(student, x, y, y_pred)
-        total = terms["policy"]
-        for name, value in terms.items():
-            if name != "policy":
-                total = total + value
-        return total
+        return objectives.sum_of_terms(self.terms(student, x, y, y_pred))
 
 
 # -- the batch source ------------------------------------------------------------------

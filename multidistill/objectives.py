@@ -32,6 +32,16 @@ import dataclasses
 from multidistill import losses
 
 
+def sum_of_terms(terms: dict):
+    """An objective's scalar loss: the sum of its named terms (the "policy"
+    term first, as the objectives have always added them)."""
+    total = terms["policy"]
+    for name, value in terms.items():
+        if name != "policy":
+            total = total + value
+    return total
+
+
 @dataclasses.dataclass(frozen=True)
 class Distillation:
     """Policy distillation with optional Actor-Mimic feature regression.
@@ -104,12 +114,7 @@ class Distillation:
 
     def loss(self, student, x, y, y_pred):
         """The scalar loss of a batch: the sum of `terms`."""
-        terms = self.terms(student, x, y, y_pred)
-        total = terms["policy"]
-        for name, value in terms.items():
-            if name != "policy":
-                total = total + value
-        return total
+        return sum_of_terms(self.terms(student, x, y, y_pred))
 
 
 def prepare(objective, run_dir, source, seed: int = 0, write: bool = True):
