@@ -17,7 +17,8 @@ import multidistill
 PACKAGE = REPO / "multidistill"
 FRAMEWORKS = ("tensorflow", "keras", "jax")
 ENTRY_MODULES = {"cli.py", "build_datasets.py", "evaluate.py", "train_teacher.py", "compare.py",
-                 "sweep.py", "main_job.py", "export_dataset.py", "import_teacher.py"}
+                 "sweep.py", "main_job.py", "export_dataset.py", "import_teacher.py",
+                 "disagreement.py"}
 
 
 def _python(code, timeout=300):
