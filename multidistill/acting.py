@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 
 # policy(observations (N, stack, H, W) uint8) -> (actions (N,), extras dict of
-# (N, ...) arrays, e.g. teacher outputs and features).
+# (N, ...) arrays, e.g. teacher outputs and features). A policy with an
+# attribute `per_env = True` is called as policy(observations, env_indices):
+# the index in `play`'s environments of each row (for randomness kept per
+# environment, as the evaluation's).
 Policy = Callable[[np.ndarray], tuple[np.ndarray, dict[str, Any]]]
 
 
@@ -131,7 +134,8 @@ def play(envs, policy: Policy, seed: int, active: np.ndarray | None = None,
     def act_and_send(k_list, observations, mask):
         """Policy on groups `k_list` (one call), then sends to those still active."""
         rows = np.concatenate([np.arange(sizes[k]) + first[k] for k in k_list])
-        actions, extras = _act(policy, _concat([observations[k] for k in k_list]), mask[rows])
+        actions, extras = _act(policy, _concat([observations[k] for k in k_list]), mask[rows],
+                               rows)
         out, at = [], 0
         for k in k_list:
             part = slice(at, at + sizes[k])
@@ -206,17 +210,21 @@ def _lives(info: dict, size: int) -> np.ndarray:
     return np.zeros(size, np.int64)
 
 
-def _act(policy: Policy, observations: np.ndarray, mask: np.ndarray
+def _act(policy: Policy, observations: np.ndarray, mask: np.ndarray, env_indices: np.ndarray
          ) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """The policy on the masked rows; action 0 and no extras (None) elsewhere."""
+    """The policy on the masked rows; action 0 and no extras (None) elsewhere.
+    `env_indices`: each row's environment (for a `per_env` policy)."""
+    per_env = getattr(policy, "per_env", False)
     if mask.all():
-        actions, extras = policy(observations)
+        actions, extras = (policy(observations, env_indices) if per_env
+                           else policy(observations))
         return np.asarray(actions, dtype=np.int32), extras
     actions = np.zeros(len(observations), np.int32)
     if not mask.any():
         return actions, None
     rows = np.flatnonzero(mask)
-    some, extras = policy(observations[rows])
+    some, extras = (policy(observations[rows], env_indices[rows]) if per_env
+                    else policy(observations[rows]))
     actions[rows] = np.asarray(some, dtype=np.int32)
     full = {}
     for key, value in extras.items():

@@ -12,7 +12,12 @@ Protocol (the same for teachers and students, stated in every report):
     its returns), spread over `num_envs` environments with a fixed quota
     each (so short episodes are not favoured), environment i seeded with
     `seed + i`; the same seeds for every policy evaluated, so that episode
-    k of the student and episode k of its teacher start alike.
+    k of the student and episode k of its teacher start alike;
+  * the random draws of the acting rule (exploration, sampling) come from
+    one generator per environment (`[seed, 7, i]`), three uniforms per
+    step, so what environment i plays depends on nothing else: the
+    environments can be split over workers (`evaluate`'s `env_range`,
+    `multidistill.parallel_eval`) and give the same episodes.
 
 Reports state every score with a 95 % bootstrap interval
 (`multidistill.statistics`): per policy its mean, per game student/teacher
@@ -52,6 +57,7 @@ from multidistill import teachers as teachers_lib
 # Other games get DEFAULT_EPISODES.
 EPISODES_BY_GAME = {"pong": 48, "qbert": 176, "freeway": 16}
 DEFAULT_EPISODES = 32
+RANDOM_DRAWS = "per environment"  # See the module doc and `EvalProtocol.to_dict`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +70,8 @@ class EvalProtocol:
       episodes_per_game: (game, episodes) pairs that override the above.
       epsilon: probability of a uniformly random action.
       num_envs: environments stepped together.
-      seed: environment i of the evaluation is reset with seed + i.
+      seed: environment i of the evaluation is reset with seed + i, and
+        draws its acting randomness from `np.random.default_rng([seed, 7, i])`.
       num_threads: emulator threads (0: one per core).
       num_env_groups: groups the environments are split into
         (`acting.play`; 0 picks by core count, `environments.env_groups`).
@@ -114,7 +121,19 @@ class EvalProtocol:
         d["episodes_per_game"] = {g: n for g, n in self.episodes_per_game}
         if games is not None:
             d["episodes_per_game"] = {g: self.episodes(g) for g in games}
+        # Since 2026-11-30 (before: one generator for all environments);
+        # also keeps teachers' episodes cached under the old draws apart.
+        d["random_draws"] = RANDOM_DRAWS
         return d
+
+    def environment_quotas(self, game: str) -> np.ndarray:
+        """Episodes played by each environment on `game`: the episodes split
+        as evenly as they go, the first environments taking one more."""
+        num_episodes = self.episodes(game)
+        n_envs = min(self.num_envs, num_episodes)
+        quota = np.full(n_envs, num_episodes // n_envs)
+        quota[: num_episodes % n_envs] += 1
+        return quota
 
 
 @dataclasses.dataclass
@@ -171,6 +190,27 @@ def network_policy(predict: Callable[[np.ndarray], np.ndarray], kind: str, epsil
     return policy
 
 
+class EnvironmentPolicy:
+    """A network's acting rule with one random generator per environment.
+
+    Called by `acting.play` with the rows' environment indices (`per_env`);
+    each row takes three uniforms from its environment's generator
+    (`teachers.act_from_uniforms`), so environment i's actions are a function
+    of its own observations and generator only.
+    """
+
+    per_env = True
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], kind: str,
+                 epsilon: float, rngs: list[np.random.Generator]):
+        self.predict, self.kind, self.epsilon, self.rngs = predict, kind, epsilon, rngs
+
+    def __call__(self, observations: np.ndarray, env_indices: np.ndarray):
+        outputs = np.asarray(self.predict(observations))
+        u = np.stack([self.rngs[int(i)].random(3) for i in env_indices])
+        return teachers_lib.act_from_uniforms(outputs, self.kind, self.epsilon, u), {}
+
+
 def evaluate(
     game: str,
     predict: Callable[[np.ndarray], np.ndarray],
@@ -179,6 +219,7 @@ def evaluate(
     protocol: EvalProtocol,
     progress: bool = True,
     label: str = "",
+    env_range: tuple[int, int] | None = None,
 ) -> Scores:
     """Plays `protocol.episodes(game)` episodes of `game` with a network.
 
@@ -190,21 +231,28 @@ def evaluate(
       protocol: episodes, epsilon, seeds.
       progress: show a progress bar counting episodes.
       label: shown in the progress bar.
+      env_range: (start, stop): play only the protocol's environments
+        start..stop-1, each with its own seed, quota and random draws (a
+        worker's share; see `multidistill.parallel_eval`); None: all.
 
     Returns:
       The episode returns and lengths, in the order of (environment, episode).
     """
-    num_episodes = protocol.episodes(game)
-    n_envs = min(protocol.num_envs, num_episodes)
-    quota = np.full(n_envs, num_episodes // n_envs)
-    quota[: num_episodes % n_envs] += 1
-    rng = np.random.default_rng([protocol.seed, 7])
+    all_quotas = protocol.environment_quotas(game)
+    start, stop = (0, len(all_quotas)) if env_range is None else env_range
+    if not 0 <= start < stop <= len(all_quotas):
+        raise ValueError(f"env_range must be within [0, {len(all_quotas)}] and not "
+                         f"empty, found {env_range}")
+    quota = all_quotas[start:stop]
+    n_envs = stop - start
+    num_episodes = int(quota.sum())
+    rngs = [np.random.default_rng([protocol.seed, 7, i]) for i in range(start, stop)]
     num_groups, overlap = environments.env_groups(protocol.num_env_groups,
                                                   protocol.overlap_env_groups)
     env = environments.make_vector_envs(game, preprocessing, n_envs,
                                         num_threads=protocol.num_threads,
                                         num_groups=num_groups)
-    policy = network_policy(predict, kind, protocol.epsilon, rng)
+    policy = EnvironmentPolicy(predict, kind, protocol.epsilon, rngs)
     done = np.zeros(n_envs, dtype=int)
     tracker = acting.EpisodeTracker(n_envs)
     results: list[list[tuple[float, int]]] = [[] for _ in range(n_envs)]
@@ -218,7 +266,7 @@ def evaluate(
         # Environments that met their quota stop stepping (`active`).
         active = np.ones(n_envs, dtype=bool)
         startup = None
-        for step in acting.play(env, policy, protocol.seed, active=active,
+        for step in acting.play(env, policy, protocol.seed + start, active=active,
                                 overlap=overlap):
             if startup is None:  # Resets and the first inference calls.
                 startup = time.perf_counter() - t0
@@ -633,7 +681,9 @@ def report_markdown(report: dict, links: bool = True) -> str:
         + ", ".join(f"{g} {n}" for g, n in episodes.items())
         + f"; epsilon {p['epsilon']}, up to {pre['noop_max']} no-op starts, sticky actions "
         f"{pre['sticky_action_prob']}, episodes capped at {pre['max_episode_frames']:,} "
-        f"frames, {p['num_envs']} environments, environment i seeded {p['seed']} + i. "
+        f"frames, {p['num_envs']} environments, environment i seeded {p['seed']} + i"
+        + (" with its own random draws" if p.get("random_draws") == RANDOM_DRAWS else "")
+        + ". "
         "Teacher scores: "
         + ", ".join(f"{g}: {r['teacher'].get('source', 'evaluated')}"
                     + (", paired by episode" if r.get("paired") else "")

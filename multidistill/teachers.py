@@ -134,6 +134,43 @@ def act(outputs: np.ndarray, kind: str, epsilon: float, rng: np.random.Generator
     return actions.astype(np.int32)
 
 
+def act_from_uniforms(outputs: np.ndarray, kind: str, epsilon: float,
+                      uniforms: np.ndarray) -> np.ndarray:
+    """`act`'s rule with the randomness given: three uniforms in [0, 1) per row.
+
+    Column 0 samples a "logits" teacher's softmax (inverse CDF), column 1
+    decides exploration (< `epsilon`), column 2 picks the random action
+    (floor(u A)). Every row uses its three numbers whatever the rule, so a
+    row's actions depend on its own stream only: the evaluation draws them
+    from one generator per environment, and any split of the environments
+    over workers plays the same episodes.
+
+    Args:
+      outputs: (B, A) Q-values or logits.
+      kind: "q_values" (argmax) or "logits" (sample from the softmax).
+      epsilon: probability of a uniformly random action instead.
+      uniforms: (B, 3) floats in [0, 1).
+
+    Returns:
+      (B,) int32 actions.
+    """
+    b, a = outputs.shape
+    u = np.asarray(uniforms, np.float64)
+    if u.shape != (b, 3):
+        raise ValueError(f"uniforms must have shape ({b}, 3), found {u.shape}")
+    if kind == "q_values":
+        actions = np.argmax(outputs, axis=1)
+    elif kind == "logits":
+        z = outputs - outputs.max(axis=1, keepdims=True)
+        cdf = np.cumsum(np.exp(z), axis=1)
+        actions = np.minimum((cdf < u[:, :1] * cdf[:, -1:]).sum(axis=1), a - 1)
+    else:
+        raise ValueError(f"unknown teacher kind {kind!r}: expected one of {KINDS}")
+    explore = u[:, 1] < epsilon
+    random_actions = np.minimum((u[:, 2] * a).astype(np.int64), a - 1)
+    return np.where(explore, random_actions, actions).astype(np.int32)
+
+
 def policy_probabilities(outputs: np.ndarray, kind: str, epsilon: float) -> np.ndarray:
     """The distribution `act` draws from: mu = (1 - epsilon) pi + epsilon / A.
 

@@ -79,7 +79,12 @@ def test_protocol_defaults_and_validation():
     # Execution settings are not part of what a report states.
     assert p.to_dict(["pong", "qbert"]) == {
         "num_episodes": 0, "episodes_per_game": {"pong": 48, "qbert": 176},
-        "epsilon": 0.05, "num_envs": 16, "seed": 1_000_000}
+        "epsilon": 0.05, "num_envs": 16, "seed": 1_000_000,
+        "random_draws": "per environment"}
+    # Episodes split over environments, the first ones taking the remainder.
+    assert q.environment_quotas("pong").tolist() == [1] * 5
+    assert evaluation.EvalProtocol(num_episodes=7, num_envs=3).environment_quotas(
+        "pong").tolist() == [3, 2, 2]
     with pytest.raises(ValueError, match=r"num_episodes must be >= 0 \(0: per game\), "
                                          "found -1"):
         evaluation.EvalProtocol(num_episodes=-1)
@@ -112,31 +117,46 @@ def test_episode_quota_spreads_episodes_over_envs(spec):
 
 
 @pytest.mark.slow
-def test_env_groups_do_not_change_a_deterministic_evaluation(spec):
-    """Splitting environments into overlapped groups is transparent: same
-    seeds and a deterministic policy give the same episodes in lockstep."""
+def test_env_groups_and_env_ranges_do_not_change_an_evaluation(spec):
+    """Splitting environments into overlapped groups, or over workers
+    (`env_range`), is transparent even for a stochastic policy: each
+    environment has its own seed and its own random draws."""
     calls = []
 
     def predict(obs):
         calls.append(len(obs))
-        # UP except where a frame's pixel sum is odd: depends on the state.
+        # Logits favouring UP except where a frame's pixel sum is odd.
         up = (obs.reshape(len(obs), -1).sum(1) % 2 == 0).astype(np.float32)
-        return np.stack([1 - up, up, np.zeros_like(up)], axis=1)
+        return np.stack([1 - up, 1 + 3 * up, np.zeros_like(up)], axis=1)
+
+    def protocol(**kw):
+        return evaluation.EvalProtocol(num_episodes=5, num_envs=4, epsilon=0.3, **kw)
 
     runs = {}
     for groups, overlap in ((1, False), (2, True), (4, True), (4, False)):
         calls.clear()
         runs[groups, overlap] = evaluation.evaluate(
-            "freeway", predict, "q_values", spec,
-            evaluation.EvalProtocol(num_episodes=4, num_envs=4, epsilon=0.0,
-                                    num_env_groups=groups, overlap_env_groups=overlap),
-            progress=False)
-        # Overlapped: one call per group; lockstep: one call for all.
-        assert set(calls) == {4 // groups if overlap else 4}
+            "freeway", predict, "logits", spec,
+            protocol(num_env_groups=groups, overlap_env_groups=overlap), progress=False)
+        # Overlapped: one call per group; lockstep: one call for all (while
+        # all four play: environment 0 plays the fifth episode alone).
+        assert max(calls) == (4 // groups if overlap else 4) and min(calls) == 1
     first = runs[1, False]
+    assert len(first.returns) == 5
     assert len(set(first.returns)) > 1  # The episodes differ from each other.
     for run in runs.values():
         assert run.returns == first.returns and run.lengths == first.lengths
+    # Environments 0-1 (3 episodes: environment 0 takes the fifth) and 2-3,
+    # played apart, are the whole evaluation's episodes in its order.
+    parts = [evaluation.evaluate("freeway", predict, "logits", spec, protocol(),
+                                 progress=False, env_range=r) for r in ((0, 2), (2, 4))]
+    assert [len(p.returns) for p in parts] == [3, 2]
+    assert parts[0].returns + parts[1].returns == first.returns
+    assert parts[0].lengths + parts[1].lengths == first.lengths
+    with pytest.raises(ValueError, match=r"env_range must be within \[0, 4\] and not "
+                                         r"empty, found \(2, 2\)"):
+        evaluation.evaluate("freeway", predict, "logits", spec, protocol(),
+                            progress=False, env_range=(2, 2))
 
 
 def test_predict_fn_pads_narrow_batches_and_leaves_the_model_alone():

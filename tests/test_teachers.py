@@ -105,6 +105,29 @@ def test_acting_rules():
     assert 0.15 < np.mean(a != 1) < 0.25  # 0.3 * 2/3 = 0.2
 
 
+def test_acting_rules_from_given_uniforms():
+    """The evaluation's rule: (B, 3) uniforms, by hand."""
+    q = np.array([[0.0, 0.1, 0.05], [0.3, 0.1, 0.2], [0.0, 0.1, 0.05]])
+    u = np.array([[0.9, 0.5, 0.1],    # Greedy: argmax 1.
+                  [0.9, 0.04, 0.1],   # Explores: floor(0.1 * 3) = 0.
+                  [0.9, 0.04, 0.99]])  # Explores: floor(0.99 * 3) = 2.
+    assert teachers.act_from_uniforms(q, "q_values", 0.05, u).tolist() == [1, 0, 2]
+    # Logits: the inverse CDF of the softmax (0.7, 0.2, 0.1) at u[:, 0].
+    logits = np.log(np.array([[0.7, 0.2, 0.1]] * 4))
+    u = np.array([[0.69, 0.5, 0.0], [0.71, 0.5, 0.0], [0.89, 0.5, 0.0], [0.91, 0.5, 0.0]])
+    assert teachers.act_from_uniforms(logits, "logits", 0.05, u).tolist() == [0, 1, 1, 2]
+    # Over many draws: the softmax, with epsilon of the uniform mixed in.
+    rng = np.random.default_rng(0)
+    a = teachers.act_from_uniforms(logits[:1].repeat(40000, 0), "logits", 0.3,
+                                   rng.random((40000, 3)))
+    np.testing.assert_allclose(np.bincount(a, minlength=3) / len(a),
+                               0.7 * np.array([0.7, 0.2, 0.1]) + 0.1, atol=0.01)
+    with pytest.raises(ValueError, match=r"uniforms must have shape \(4, 3\), found \(4, 2\)"):
+        teachers.act_from_uniforms(logits, "logits", 0.05, u[:, :2])
+    with pytest.raises(ValueError, match="unknown teacher kind 'x'"):
+        teachers.act_from_uniforms(logits, "x", 0.05, u)
+
+
 def test_teacher_with_a_value_output(tmp_path, spec):
     model = networks.build_teacher_network(6, spec.observation_shape, (4, 4, 4), 8,
                                            with_value=True)
