@@ -511,6 +511,33 @@ def define_eval_flags():
     flags.DEFINE_bool("evaluate_teachers", True,
                       "Play the teachers under the student's protocol (else use their cards' "
                       "scores).")
+    flags.DEFINE_integer("eval_workers", 1,
+                         "Workers each evaluation's environments are split over (at most "
+                         "--eval_num_envs); the episodes, and so the report, are the same as "
+                         "with 1.")
+    flags.DEFINE_enum("eval_executor", "local", ["local", "ray"],
+                      "Where the evaluation's shares run with --eval_workers > 1: local (one "
+                      "after another in this process) or ray (Ray tasks; needs the extra "
+                      "ray, and workers that see the run's and the teachers' files).")
+    flags.DEFINE_string("eval_ray_address", "",
+                        "With --eval_executor=ray, the Ray cluster to run on (ray.init's "
+                        "address, e.g. auto); empty: a local one on this machine's cores.")
+
+
+def eval_workers_from_flags():
+    """The `parallel_eval.EvalWorkers` of the evaluation flags."""
+    from multidistill import executors, parallel_eval
+
+    def build():
+        workers = parallel_eval.EvalWorkers(
+            num_workers=FLAGS.eval_workers, executor=FLAGS.eval_executor,
+            ray_address=FLAGS.eval_ray_address)
+        if workers.executor == "ray":
+            executors.require_ray()  # Before any work: says how to install it.
+        return workers
+
+    return _config_from_flags(build, {"num_workers": "eval_workers",
+                                      "executor": "eval_executor"})
 
 
 def eval_protocol_from_flags():

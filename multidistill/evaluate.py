@@ -48,7 +48,9 @@ def main(argv):
                                      out_dir=out_dir, extra={"student": FLAGS.student},
                                      allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
                                      video_seconds=FLAGS.video_seconds if FLAGS.videos
-                                     else 0.0)
+                                     else 0.0,
+                                     workers=cli.eval_workers_from_flags(),
+                                     student_path=FLAGS.student)
     print(evaluation.report_markdown(report))
     print(f"report: {out_dir / 'report.md'}")
 

@@ -376,7 +376,8 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                  out_dir: str | os.PathLike | None = None, progress: bool = True,
                  extra: dict | None = None, allow_unsafe_teacher: bool = False,
                  video_seconds: float = 0.0,
-                 teacher_cache: str | os.PathLike | None = None) -> dict:
+                 teacher_cache: str | os.PathLike | None = None,
+                 workers=None, student_path: str | os.PathLike | None = None) -> dict:
     """Evaluates the student on `games` (and their teachers), writes the report.
 
     Teachers are played under the same protocol and seeds as the student
@@ -393,6 +394,11 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
         and preprocessing are there is not played again (the same seeds give
         the same episodes, so the ratio stays paired); others are played and
         added. For several students against the same teachers (a sweep).
+      workers: a `parallel_eval.EvalWorkers`: each evaluation's environments
+        split over workers (local shares or Ray tasks), the same episodes;
+        None: played here in one piece.
+      student_path: the student's file, which split evaluations load
+        (required with `workers` that split).
 
     Returns:
       The report (see `make_report`), also written to `out_dir` if given,
@@ -405,6 +411,13 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             f"trained on {student.games}")
     kinds = teacher_kinds_of(student)
     cache = TeacherScoreCache(teacher_cache) if teacher_cache is not None else None
+    split = workers is not None and workers.split
+    if split:
+        from multidistill import parallel_eval
+
+        if student_path is None:
+            raise ValueError("an evaluation split over workers loads the student from its "
+                             "file: give student_path")
     student_scores, teacher_scores, teacher_params, videos = {}, {}, {}, {}
     for game in games:
         teacher = teacher_predict = None
@@ -422,8 +435,14 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                 teacher_scores[game] = dict(cached, source="evaluated with the student",
                                             cached_from=str(cache.path))
             else:
-                s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
-                             protocol, progress, label=f"{game} teacher")
+                if split:
+                    s = parallel_eval.evaluate(
+                        parallel_eval.teacher_source(teachers_dir, game, preprocessing,
+                                                     allow_unsafe_teacher),
+                        protocol, workers, progress)
+                else:
+                    s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
+                                 protocol, progress, label=f"{game} teacher")
                 teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
                 if cache:
                     cache.put(key, s.to_dict())
@@ -440,8 +459,14 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                 teacher_scores[game]["ci"] = None if ci is None else list(ci)
         net = student.policy_network(game)
         student_predict = predict_fn(net)
-        student_scores[game] = evaluate(game, student_predict, kinds[game], preprocessing,
-                                        protocol, progress, label=f"{game} student")
+        if split:
+            student_scores[game] = parallel_eval.evaluate(
+                parallel_eval.student_source(student_path, game, preprocessing),
+                protocol, workers, progress)
+        else:
+            student_scores[game] = evaluate(game, student_predict, kinds[game],
+                                            preprocessing, protocol, progress,
+                                            label=f"{game} student")
         if video_seconds > 0 and out_dir is not None:
             from multidistill import videos as videos_lib
 
@@ -455,6 +480,9 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             videos[game] = v
     sizes = {"student_parameters": int(student.count_params()),
              "teacher_parameters": teacher_params}
+    if split:  # How it ran (the scores are those of one machine).
+        sizes["evaluation_workers"] = {"num_workers": workers.num_workers,
+                                       "executor": workers.executor}
     report = make_report(student_scores, teacher_scores, protocol, preprocessing,
                          dict(sizes, **(extra or {})), videos=videos)
     if out_dir is not None:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from multidistill import collect, datasets, environments
 from multidistill import teachers as teachers_lib
 
 EXECUTORS = ("local", "ray")
+RETRY_PARTS = "complete parts are kept; run the same command again to retry the rest"
 RAY_INSTALL_HINT = 'pip install -e ".[ray]" in a checkout, or pip install "multidistill[ray]"'
 
 
@@ -218,9 +219,11 @@ def require_ray():
     return ray
 
 
-def run_ray(tasks: Sequence[ShardTask], address: str = "", cpus_per_task: float = 1.0
+def run_ray(tasks: Sequence, address: str = "", cpus_per_task: float = 1.0,
+            fn: Callable[..., dict] = run_task, retry_hint: str = RETRY_PARTS
             ) -> Iterator[dict]:
-    """Runs each task as a Ray task; yields the summaries as tasks finish.
+    """Runs `fn(task)` for each task as a Ray task; yields the results as
+    tasks finish.
 
     Uses the Ray instance this process is connected to, if any; else
     connects to `address` ("": starts a local instance, as `ray.init()`),
@@ -229,9 +232,12 @@ def run_ray(tasks: Sequence[ShardTask], address: str = "", cpus_per_task: float 
     generator early (e.g. Ctrl-C in the caller) cancels the tasks not done.
 
     Args:
-      tasks: the parts to record.
+      tasks: plain-data tasks with a `label`: by default the parts to record
+        (`ShardTask`), or whatever `fn` takes (`parallel_eval.EvalTask`).
       address: the Ray cluster (`ray.init`'s address).
       cpus_per_task: CPUs Ray reserves for each task.
+      fn: the task's body, run on a worker; returns a dict.
+      retry_hint: what the failure message says about running again.
 
     Raises:
       ExecutorError: ray is not installed, or some tasks failed (the message
@@ -241,7 +247,7 @@ def run_ray(tasks: Sequence[ShardTask], address: str = "", cpus_per_task: float 
     connected_here = not ray.is_initialized()
     if connected_here:
         ray.init(address=address or None, include_dashboard=False)
-    remote = ray.remote(num_cpus=cpus_per_task)(run_task)
+    remote = ray.remote(num_cpus=cpus_per_task)(fn)
     pending = {remote.remote(task): task for task in tasks}
     failures = []
     try:
@@ -263,5 +269,4 @@ def run_ray(tasks: Sequence[ShardTask], address: str = "", cpus_per_task: float 
         task, error = failures[0]
         raise ExecutorError(
             f"{len(failures)} of {len(tasks)} Ray tasks failed, the others finished "
-            f"(complete parts are kept; run the same command again to retry the rest). "
-            f"{task.label}: {type(error).__name__}: {error}")
+            f"({retry_hint}). {task.label}: {type(error).__name__}: {error}")

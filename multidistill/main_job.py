@@ -81,6 +81,7 @@ def main(argv):
     spec = cli.preprocessing_from_flags()
     collect_config = cli.collect_config_from_flags()
     protocol = cli.eval_protocol_from_flags()
+    eval_workers = cli.eval_workers_from_flags()
 
     # 1. Teachers (all checked before any long work starts).
     teachers = stages.load_teachers(game_names, FLAGS.teachers_dir, spec,
@@ -194,7 +195,7 @@ def main(argv):
         grad_steps=train_summary["grad_steps"], t_start=t_start,
         evaluate_teachers=FLAGS.evaluate_teachers,
         allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
-        video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0,
+        video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0, workers=eval_workers,
         extra={"run_dir": str(run_dir), "preset": FLAGS.preset,
                "command": command_line(), "commit": commit,
                "training": train_summary, "datasets": summaries,

@@ -208,7 +208,8 @@ def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike
                      t_start: float, evaluate_teachers: bool = True,
                      allow_unsafe_teacher: bool = False, video_seconds: float = 0.0,
                      progress: bool = True,
-                     teacher_cache: str | os.PathLike | None = None) -> dict:
+                     teacher_cache: str | os.PathLike | None = None,
+                     workers=None) -> dict:
     """Evaluates the run's student (and its teachers) and writes the run's
     report: report.json, report.md, the plots, and the evaluation's scalars
     in the run's logs at `grad_steps`.
@@ -219,6 +220,7 @@ def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike
         a `time.perf_counter()` value).
       teacher_cache: `evaluation.evaluate_run`'s: teachers' episodes kept
         across students (a sweep).
+      workers: `evaluation.evaluate_run`'s: a `parallel_eval.EvalWorkers`.
 
     Returns:
       The report.
@@ -231,7 +233,7 @@ def evaluate_student(student_path: str | os.PathLike, run_dir: str | os.PathLike
         student, list(games), teachers_dir, spec, protocol,
         evaluate_teachers=evaluate_teachers, out_dir=run_dir, progress=progress,
         allow_unsafe_teacher=allow_unsafe_teacher, video_seconds=video_seconds, extra=extra,
-        teacher_cache=teacher_cache)
+        teacher_cache=teacher_cache, workers=workers, student_path=student_path)
     distiller.record_evaluation(run_dir, config, report, grad_steps)
     report.setdefault("timing", {}).update(eval_seconds=time.perf_counter() - t_eval,
                                            total_seconds=time.perf_counter() - t_start)

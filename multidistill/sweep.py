@@ -310,7 +310,8 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
               teacher_kinds: Sequence[str], protocol: evaluation.EvalProtocol,
               teachers_dir: str | os.PathLike, *, evaluate_teachers: bool = True,
               allow_unsafe_teacher: bool = False, video_seconds: float = 0.0,
-              extra: dict | None = None, progress: bool = True) -> list[dict]:
+              extra: dict | None = None, progress: bool = True,
+              workers=None) -> list[dict]:
     """Trains and evaluates one student per size of `sweep`, or reads its
     cached row; returns the rows in `sweep.sizes` order.
 
@@ -358,7 +359,7 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
             grad_steps=training["grad_steps"], t_start=t_start,
             evaluate_teachers=evaluate_teachers, allow_unsafe_teacher=allow_unsafe_teacher,
             video_seconds=video_seconds, progress=progress,
-            teacher_cache=out_dir / TEACHER_CACHE_FILE,
+            teacher_cache=out_dir / TEACHER_CACHE_FILE, workers=workers,
             extra={"run_dir": str(run_dir), **(extra or {}),
                    "sweep": {"output_dir": str(out_dir), "size": size},
                    "training": training, "config": size_config.to_dict(),
@@ -636,6 +637,7 @@ def main(argv):
     spec = cli.preprocessing_from_flags()
     collect_config = cli.collect_config_from_flags()
     protocol = cli.eval_protocol_from_flags()
+    workers = cli.eval_workers_from_flags()
     out_dir = Path(FLAGS.output_dir or default_output_dir(game_names, FLAGS.preset))
 
     # 1. Teachers (all checked before any long work starts).
@@ -667,7 +669,8 @@ def main(argv):
                          allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
                          video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0,
                          extra={"preset": FLAGS.preset, "command": command, "commit": commit,
-                                "datasets": built})
+                                "datasets": built},
+                         workers=workers)
     except stages.Interrupted as e:
         print(e, file=sys.stderr)
         raise SystemExit(130) from None
