@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,6 +107,46 @@ def run_cli(args, cwd=None, env=None, timeout=600):
     p = subprocess.run([sys.executable] + args, cwd=cwd or REPO, env=full_env,
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr
+
+
+_CASES_DRIVER = """
+import contextlib, io, json, sys
+from absl import flags
+from multidistill import cli
+module_name, define_name, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+module = __import__(module_name, fromlist=["main"])
+owner = cli if define_name.startswith("cli.") else module
+getattr(owner, define_name.removeprefix("cli."))()
+results = []
+for argv in cases:
+    flags.FLAGS.unparse_flags()
+    out = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        sys.argv = [module_name, *argv]
+        try:
+            cli.run(module.main)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    results.append([code, out.getvalue()])
+sys.__stdout__.write("\\nCASES " + json.dumps(results) + "\\n")
+"""
+
+
+def run_cli_cases(module: str, define: str, cases: list[list[str]], timeout=600
+                  ) -> list[tuple[int, str]]:
+    """Runs the entry point `module` (its `main` under `cli.run`) once per
+    argv of `cases`, in one fresh interpreter (a process start per case costs
+    about 5 s of imports), the flags defined once by `define` (a function of
+    the module, or "cli.NAME") and reset to their defaults between cases.
+    For cases that stop early with a usage error; returns (exit code, stdout
+    + stderr) per case."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-c", _CASES_DRIVER, module, define, json.dumps(cases)],
+                       cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    marker = p.stdout.rfind("\nCASES ")
+    assert p.returncode == 0 and marker >= 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return [tuple(r) for r in json.loads(p.stdout[marker + len("\nCASES "):])]
 
 
 class FakeAtari:

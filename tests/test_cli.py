@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import SPEC_KW, flag_parser, make_teacher, run_cli
+from conftest import SPEC_KW, flag_parser, make_teacher, run_cli, run_cli_cases
 
 from multidistill import datasets, teachers
 
@@ -135,7 +135,7 @@ def test_build_datasets_entry_point(tmp_path, teachers_dir):
         assert [s.behaviour for s in ds.sessions] == ["teacher", "random"]
 
 
-@pytest.mark.parametrize("flags, message", [
+BAD_FLAGS = [
     (["--games=pong,nope"], "--games: unknown game 'nope': expected one of"),
     (["--games=pong,Pong"], "--games names the game 'pong' twice"),
     (["--games="], "--games is empty"),
@@ -156,15 +156,34 @@ def test_build_datasets_entry_point(tmp_path, teachers_dir):
      "--update_rule=teacher_value_reward needs each teacher's state value; the teachers of "
      "['freeway'] have none"),
     (["--games=pong", "--rounds=-2"], "--rounds must be >= 0, found -2"),
-])
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(tmp_path_factory, teachers_dir):
+    """Every BAD_FLAGS case through train.py's entry point, in one interpreter."""
+    data = tmp_path_factory.mktemp("bad_flags")
+    base = [f"--teachers_dir={teachers_dir}", f"--datasets_dir={data}",
+            f"--max_episode_frames={SPEC_KW['max_episode_frames']}"]
+    return run_cli_cases("multidistill.main_job", "define_flags",
+                         [base + flags for flags, _ in BAD_FLAGS])
+
+
+@pytest.mark.parametrize("case", range(len(BAD_FLAGS)),
+                         ids=[m[:40] for _, m in BAD_FLAGS])
 @pytest.mark.slow
-def test_bad_flags(tmp_path, teachers_dir, flags, message):
-    args = ["train.py", f"--teachers_dir={teachers_dir}", f"--datasets_dir={tmp_path}",
-            f"--max_episode_frames={SPEC_KW['max_episode_frames']}"] + flags
-    rc, out = run_cli(args)
+def test_bad_flags(bad_flag_runs, case):
+    rc, out = bad_flag_runs[case]
     assert rc == 2, out
-    assert message in out, out
+    assert BAD_FLAGS[case][1] in out, out
     assert "Traceback" not in out
+
+
+def test_bad_flags_fail_the_same_from_train_py(tmp_path, teachers_dir):
+    """One case by the real command line (the others run in one interpreter)."""
+    rc, out = run_cli(["train.py", f"--teachers_dir={teachers_dir}",
+                       f"--datasets_dir={tmp_path}", "--games=pong", "--beta=1.5"])
+    assert rc == 2 and "--beta must be in [0, 1], found 1.5" in out and "Traceback" not in out
 
 
 @pytest.mark.slow

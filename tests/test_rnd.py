@@ -13,7 +13,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli_cases
 from test_agents_loop import FakeAtari
 
 from multidistill import acting, checkpoints, environments, teachers
@@ -399,9 +399,9 @@ def test_visited_rooms_and_the_probe_keep_what_they_found(tmp_path):
 
 @pytest.mark.slow
 def test_flags_are_checked(tmp_path):
-    base = ["-m", "multidistill.train_teacher", "--game=pong",
+    base = ["--game=pong",
             f"--teachers_dir={tmp_path / 'teachers'}", f"--checkpoint_dir={tmp_path / 'ck'}"]
-    for extra, message in [
+    cases = [
             (["--algo=dqn", "--rnd"], "--rnd is an exploration bonus for PPO's two value "
                                       "heads: use it with --algo=ppo (found --algo=dqn)"),
             (["--rnd", "--rnd_intrinsic_coef=-1"], "--rnd_intrinsic_coef must be >= 0, "
@@ -409,8 +409,10 @@ def test_flags_are_checked(tmp_path):
             (["--rnd", "--rnd_predictor_proportion=1.5"],
              "--rnd_predictor_proportion must be in (0, 1], found 1.5"),
             (["--rnd_intrinsic_coef=0.5"], "--rnd_intrinsic_coef applies with --rnd only"),
-            (["--room_probe_episodes=-1"], "--room_probe_episodes must be >= 0, found -1")]:
-        rc, out = run_cli(base + extra)
+            (["--room_probe_episodes=-1"], "--room_probe_episodes must be >= 0, found -1")]
+    runs = run_cli_cases("multidistill.train_teacher", "cli.define_teacher_training_flags",
+                         [base + extra for extra, _ in cases])  # One interpreter.
+    for (extra, message), (rc, out) in zip(cases, runs):
         assert rc == 2 and message in out and "Traceback" not in out, (extra, out)
     assert not (tmp_path / "ck").exists()
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, SPEC_KW, run_cli
+from conftest import REPO, SPEC_KW, run_cli, run_cli_cases
 
 from multidistill import checkpoints, environments, teachers
 
@@ -62,24 +62,28 @@ def test_tiny_run_writes_a_loadable_teacher_and_resumes(tmp_path):
     assert "Traceback" not in out
 
 
-def test_unknown_game_and_unwritable_output(tmp_path):
-    rc, out = run_cli(_args(tmp_path, "pongg"))
-    assert rc == 2 and "--game: unknown game 'pongg'" in out, out
+def test_bad_flags_are_refused_by_name(tmp_path):
+    """Unknown game, unwritable output, out-of-range values: one message each,
+    exit 2, nothing written (in one interpreter, `run_cli_cases`)."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    rc, out = run_cli(["-m", "multidistill.train_teacher", "--game=pong",
-                       f"--teachers_dir={blocker / 'teachers'}"])
-    assert rc == 2 and "is not writable" in out and "Traceback" not in out, out
-
-
-def test_out_of_range_flags_are_refused_by_name(tmp_path):
-    for extra, message in [
-            ("--behaviour_epsilon=1.5", "--behaviour_epsilon must be in [0, 1), found 1.5"),
-            ("--epsilon_end=1.5", "--epsilon_end must be in [0, 1], found 1.5"),
-            ("--num_env_frames=0", "--num_env_frames must be >= 1, found 0")]:
-        rc, out = run_cli(_args(tmp_path, "pong", extra))
-        assert rc == 2 and message in out and "Traceback" not in out, (extra, out)
+    cases = [
+        (_args(tmp_path, "pongg")[2:], "--game: unknown game 'pongg'"),
+        (["--game=pong", f"--teachers_dir={blocker / 'teachers'}"], "is not writable"),
+        (_args(tmp_path, "pong", "--behaviour_epsilon=1.5")[2:],
+         "--behaviour_epsilon must be in [0, 1), found 1.5"),
+        (_args(tmp_path, "pong", "--epsilon_end=1.5")[2:],
+         "--epsilon_end must be in [0, 1], found 1.5"),
+        (_args(tmp_path, "pong", "--num_env_frames=0")[2:],
+         "--num_env_frames must be >= 1, found 0")]
+    runs = run_cli_cases("multidistill.train_teacher", "cli.define_teacher_training_flags",
+                         [argv for argv, _ in cases])
+    for (argv, message), (rc, out) in zip(cases, runs):
+        assert rc == 2 and message in out and "Traceback" not in out, (argv, out)
     assert not (tmp_path / "ck").exists()
+    # And by the real command line.
+    rc, out = run_cli(_args(tmp_path, "pongg"))
+    assert rc == 2 and "--game: unknown game 'pongg'" in out and "Traceback" not in out, out
 
 
 def test_epsilon_end_reaches_the_dqn_config(tmp_path):
