@@ -3,7 +3,6 @@ student's split, where the gradients go, the teachers' auto-encoders, the
 objective, save/load, a run through the real distiller, and the flags."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -522,24 +521,4 @@ def test_flag_errors(parse, argv, message):
     assert message in str(e.value)
 
 
-# -- the other backend -------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_the_iekd_tests_pass_under_jax():
-    """The losses, the split, the gradients and the objective run under JAX
-    too (the suite runs under TensorFlow; tests/test_backends.py does the
-    same for the other loss and network files)."""
-    import os
-
-    from conftest import run_cli
-
-    pytest.importorskip("jax")
-    if os.environ.get("KERAS_BACKEND") == "jax":
-        pytest.skip("the whole suite already runs under JAX")
-    rc, out = run_cli(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_iekd.py",
-                       "-m", "not slow"],
-                      env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
-    assert rc == 0, out
-    assert re.search(r"\d+ passed", out.strip().splitlines()[-1]), out[-2000:]
-    assert "failed" not in out.strip().splitlines()[-1]
+# The JAX backend: tests/test_backends.py runs this file's fast tests under it.
