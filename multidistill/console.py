@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import-teacher": ("multidistill.import_teacher",
                        "convert an SB3 / RL Zoo or CleanRL Atari network into a teacher"),
     "compare": ("multidistill.compare", "one table and one plot from several runs' reports"),
+    "disagreement": ("multidistill.disagreement",
+                     "how differently pairs of students act on the held-out states"),
     "sweep": ("multidistill.sweep",
               "one student per size on the same data: size, speed and score table"),
     "datasets": ("multidistill.datasets",
