@@ -478,8 +478,12 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             if v["path"] is not None:  # None: the twin screen never matched (see videos).
                 v["path"] = os.path.relpath(v["path"], out_dir)
             videos[game] = v
-    sizes = {"student_parameters": int(student.count_params()),
-             "teacher_parameters": teacher_params}
+    from multidistill import students as students_lib
+
+    acting = students_lib.acting_parameters(student)
+    sizes = {"student_parameters": acting, "teacher_parameters": teacher_params}
+    if int(student.count_params()) != acting:  # Layers only training uses.
+        sizes["student_training_parameters"] = int(student.count_params())
     if split:  # How it ran (the scores are those of one machine).
         sizes["evaluation_workers"] = {"num_workers": workers.num_workers,
                                        "executor": workers.executor}
@@ -690,7 +694,10 @@ def report_markdown(report: dict, links: bool = True) -> str:
         tp = report.get("teacher_parameters") or {}
         share = (f" ({100 * sizes / np.mean(list(tp.values())):.1f} % of one teacher's "
                  f"{int(np.mean(list(tp.values()))):,})" if tp else "")
-        lines += ["", f"Student: {sizes:,} parameters for all its games{share}."]
+        training = report.get("student_training_parameters")
+        more = (f"; {training - sizes:,} more serve training only (feature projections or "
+                "factor encoders)" if training else "")
+        lines += ["", f"Student: {sizes:,} parameters for all its games{share}{more}."]
     if links:
         extras = []
         if report.get("videos"):

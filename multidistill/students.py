@@ -99,6 +99,17 @@ def copy_trunk(source, target) -> int:
     return len(src)
 
 
+def acting_parameters(student: networks.MultiTaskStudent) -> int:
+    """Parameters the student acts with in all its games: the trunk and the
+    heads, without what only training uses (Actor-Mimic's feature
+    projections, IE-KD's factor encoders). `count_params()` counts those too."""
+    seen = {}
+    for game in student.games:
+        for w in student.policy_network(game).weights:
+            seen[id(w)] = int(np.prod(w.shape))
+    return sum(seen.values())
+
+
 def head_network(student: networks.MultiTaskStudent, game: str):
     """A standalone float32 Keras network of one game: frames -> the head's
     logits, its last hidden layer named `features` (a teacher's layout).

@@ -242,3 +242,19 @@ def test_export_head_of_a_shared18_student_without_head_layer(tmp_path, spec):
     full_kernel, full_bias = student.shared_head.get_weights()
     np.testing.assert_array_equal(kernel, full_kernel[:, [0, 1, 3, 4, 11, 12]])
     np.testing.assert_array_equal(bias, full_bias[[0, 1, 3, 4, 11, 12]])
+
+
+def test_acting_parameters_leave_out_what_only_training_uses(spec):
+    """By hand: convolutions 8x8x4x4+4, 4x4x4x4+4, 3x3x4x4+4 (84 -> 20 -> 9
+    -> 7 pixels), the shared hidden layer 7*7*4*16+16, per game a head
+    16*8+8 and 8*A+A; the feature projections (the 16 shared units onto the
+    teacher's 5 features, per game) serve training only."""
+    plain = _student(spec)
+    conv = (8 * 8 * 4 * 4 + 4) + (4 * 4 * 4 * 4 + 4) + (3 * 3 * 4 * 4 + 4)
+    hidden = 7 * 7 * 4 * 16 + 16
+    heads = sum(16 * 8 + 8 + 8 * a + a for a in (6, 3))
+    assert students.acting_parameters(plain) == conv + hidden + heads
+    assert students.acting_parameters(plain) == plain.count_params()
+    projected = _student(spec, feature_projections=True)
+    assert students.acting_parameters(projected) == conv + hidden + heads
+    assert projected.count_params() - students.acting_parameters(projected) == 2 * (16 * 5 + 5)
