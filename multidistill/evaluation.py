@@ -27,6 +27,7 @@ the human-normalised aggregates (stratified by game).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -419,65 +420,67 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
             raise ValueError("an evaluation split over workers loads the student from its "
                              "file: give student_path")
     student_scores, teacher_scores, teacher_params, videos = {}, {}, {}, {}
-    for game in games:
-        teacher = teacher_predict = None
-        if evaluate_teachers or (video_seconds > 0 and out_dir is not None):
-            teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing,
-                                                allow_unsafe=allow_unsafe_teacher)
-            teacher_params[game] = int(teacher.policy_model.count_params())
-            teacher_predict = predict_fn(teacher.policy_model)
-        if evaluate_teachers:
-            key = cache and cache.key(teacher.sha256, game, protocol, preprocessing)
-            cached = cache and cache.get(key)
-            if cached is not None:
-                if progress:
-                    print(f"{game} teacher: its episodes on these seeds from {cache.path}")
-                teacher_scores[game] = dict(cached, source="evaluated with the student",
-                                            cached_from=str(cache.path))
-            else:
-                if split:
-                    s = parallel_eval.evaluate(
-                        parallel_eval.teacher_source(teachers_dir, game, preprocessing,
-                                                     allow_unsafe_teacher),
-                        protocol, workers, progress)
+    # One Ray connection for every policy and game (a split over Ray).
+    with parallel_eval.session(workers) if split else contextlib.nullcontext():
+        for game in games:
+            teacher = teacher_predict = None
+            if evaluate_teachers or (video_seconds > 0 and out_dir is not None):
+                teacher = teachers_lib.load_teacher(game, teachers_dir, preprocessing,
+                                                    allow_unsafe=allow_unsafe_teacher)
+                teacher_params[game] = int(teacher.policy_model.count_params())
+                teacher_predict = predict_fn(teacher.policy_model)
+            if evaluate_teachers:
+                key = cache and cache.key(teacher.sha256, game, protocol, preprocessing)
+                cached = cache and cache.get(key)
+                if cached is not None:
+                    if progress:
+                        print(f"{game} teacher: its episodes on these seeds from {cache.path}")
+                    teacher_scores[game] = dict(cached, source="evaluated with the student",
+                                                cached_from=str(cache.path))
                 else:
-                    s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
-                                 protocol, progress, label=f"{game} teacher")
-                teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
-                if cache:
-                    cache.put(key, s.to_dict())
-        else:
-            _, card_path = teachers_lib.teacher_paths(game, teachers_dir)
-            card = teachers_lib.read_card(card_path, game, Path(teachers_dir))
-            ev = card.get("evaluation") or {}
-            if "mean" not in ev:
-                raise ValueError(f"teacher card {card_path} holds no evaluation score: "
-                                 "evaluate the teachers (--evaluate_teachers)")
-            teacher_scores[game] = dict(ev, source=f"card ({ev.get('episodes')} episodes)")
-            if ev.get("returns") and "ci" not in ev:
-                ci = statistics.mean_interval(ev["returns"])
-                teacher_scores[game]["ci"] = None if ci is None else list(ci)
-        net = student.policy_network(game)
-        student_predict = predict_fn(net)
-        if split:
-            student_scores[game] = parallel_eval.evaluate(
-                parallel_eval.student_source(student_path, game, preprocessing),
-                protocol, workers, progress)
-        else:
-            student_scores[game] = evaluate(game, student_predict, kinds[game],
-                                            preprocessing, protocol, progress,
-                                            label=f"{game} student")
-        if video_seconds > 0 and out_dir is not None:
-            from multidistill import videos as videos_lib
+                    if split:
+                        s = parallel_eval.evaluate(
+                            parallel_eval.teacher_source(teachers_dir, game, preprocessing,
+                                                         allow_unsafe_teacher),
+                            protocol, workers, progress)
+                    else:
+                        s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
+                                     protocol, progress, label=f"{game} teacher")
+                    teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
+                    if cache:
+                        cache.put(key, s.to_dict())
+            else:
+                _, card_path = teachers_lib.teacher_paths(game, teachers_dir)
+                card = teachers_lib.read_card(card_path, game, Path(teachers_dir))
+                ev = card.get("evaluation") or {}
+                if "mean" not in ev:
+                    raise ValueError(f"teacher card {card_path} holds no evaluation score: "
+                                     "evaluate the teachers (--evaluate_teachers)")
+                teacher_scores[game] = dict(ev, source=f"card ({ev.get('episodes')} episodes)")
+                if ev.get("returns") and "ci" not in ev:
+                    ci = statistics.mean_interval(ev["returns"])
+                    teacher_scores[game]["ci"] = None if ci is None else list(ci)
+            net = student.policy_network(game)
+            student_predict = predict_fn(net)
+            if split:
+                student_scores[game] = parallel_eval.evaluate(
+                    parallel_eval.student_source(student_path, game, preprocessing),
+                    protocol, workers, progress)
+            else:
+                student_scores[game] = evaluate(game, student_predict, kinds[game],
+                                                preprocessing, protocol, progress,
+                                                label=f"{game} student")
+            if video_seconds > 0 and out_dir is not None:
+                from multidistill import videos as videos_lib
 
-            v = videos_lib.record_side_by_side(
-                game, [("student", student_predict, kinds[game]),
-                       ("teacher", teacher_predict, teacher.kind)],
-                preprocessing, seed=protocol.seed, epsilon=protocol.epsilon,
-                out_path=Path(out_dir) / "videos" / f"{game}.gif", max_seconds=video_seconds)
-            if v["path"] is not None:  # None: the twin screen never matched (see videos).
-                v["path"] = os.path.relpath(v["path"], out_dir)
-            videos[game] = v
+                v = videos_lib.record_side_by_side(
+                    game, [("student", student_predict, kinds[game]),
+                           ("teacher", teacher_predict, teacher.kind)],
+                    preprocessing, seed=protocol.seed, epsilon=protocol.epsilon,
+                    out_path=Path(out_dir) / "videos" / f"{game}.gif", max_seconds=video_seconds)
+                if v["path"] is not None:  # None: the twin screen never matched (see videos).
+                    v["path"] = os.path.relpath(v["path"], out_dir)
+                videos[game] = v
     from multidistill import students as students_lib
 
     acting = students_lib.acting_parameters(student)

@@ -23,6 +23,7 @@ its task runs; a complete part is kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -219,6 +220,23 @@ def require_ray():
     return ray
 
 
+@contextlib.contextmanager
+def ray_session(address: str = ""):
+    """Connected to Ray for the block: the instance this process is already
+    connected to, if any (left connected), else the cluster at `address`
+    ("": a new local one), disconnected at the end. `run_ray` calls within
+    the block share it (one start-up for many task batches)."""
+    ray = require_ray()
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        ray.init(address=address or None, include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        if connected_here:
+            ray.shutdown()
+
+
 def run_ray(tasks: Sequence, address: str = "", cpus_per_task: float = 1.0,
             fn: Callable[..., dict] = run_task, retry_hint: str = RETRY_PARTS
             ) -> Iterator[dict]:
@@ -243,28 +261,23 @@ def run_ray(tasks: Sequence, address: str = "", cpus_per_task: float = 1.0,
       ExecutorError: ray is not installed, or some tasks failed (the message
         names the first, with its error).
     """
-    ray = require_ray()
-    connected_here = not ray.is_initialized()
-    if connected_here:
-        ray.init(address=address or None, include_dashboard=False)
-    remote = ray.remote(num_cpus=cpus_per_task)(fn)
-    pending = {remote.remote(task): task for task in tasks}
-    failures = []
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(done[0])
-            try:
-                summary = ray.get(done[0])
-            except ray.exceptions.RayError as e:
-                failures.append((task, getattr(e, "cause", None) or e))
-                continue
-            yield summary
-    finally:
-        for ref in pending:  # Stopped early: the tasks left are cancelled.
-            ray.cancel(ref)
-        if connected_here:
-            ray.shutdown()
+    with ray_session(address) as ray:
+        remote = ray.remote(num_cpus=cpus_per_task)(fn)
+        pending = {remote.remote(task): task for task in tasks}
+        failures = []
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                task = pending.pop(done[0])
+                try:
+                    summary = ray.get(done[0])
+                except ray.exceptions.RayError as e:
+                    failures.append((task, getattr(e, "cause", None) or e))
+                    continue
+                yield summary
+        finally:
+            for ref in pending:  # Stopped early: the tasks left are cancelled.
+                ray.cancel(ref)
     if failures:
         task, error = failures[0]
         raise ExecutorError(

@@ -29,6 +29,7 @@ README reports the main job's student and teachers compared both ways.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -197,6 +198,18 @@ def evaluate(source: PolicySource, protocol: evaluation.EvalProtocol, workers: E
         if bar is not None:
             bar.close()
     return merge(done, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def session(workers: EvalWorkers | None):
+    """For the block, one connection to Ray shared by every evaluation of
+    `workers` (Ray starts once, not per policy and game); nothing for the
+    local executor."""
+    if workers is not None and workers.executor == "ray":
+        with executors.ray_session(workers.ray_address):
+            yield
+    else:
+        yield
 
 
 def student_source(student_path: str | os.PathLike, game: str,
