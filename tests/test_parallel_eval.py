@@ -166,3 +166,24 @@ def test_the_eval_worker_flags(parse, monkeypatch):
     with pytest.raises(UsageError, match=r'the ray executor needs the ray package.*'
                                          r'pip install -e "\.\[ray\]"'):
         parse("--eval_workers=2", "--eval_executor=ray").eval_workers_from_flags()
+
+
+def test_same_episodes_tells_identical_reports_from_different_ones(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO))  # `benchmarks` is not an installed package.
+    from benchmarks import same_episodes
+
+    def report(returns):
+        policy = {"returns": returns, "lengths_agent_steps": [5] * len(returns),
+                  "mean": sum(returns) / len(returns), "seconds": 1.0}
+        return {"games": {"pong": {"teacher": dict(policy), "student": dict(policy)}},
+                "geometric_mean_percent_of_teacher": 100.0,
+                "geometric_mean_percent_of_teacher_ci": [90.0, 110.0]}
+
+    rows, same = same_episodes.compare(report([1.0, 2.0]), report([1.0, 2.0]))
+    assert same and rows[0] == "| pong | teacher | 2 | identical | 1.50 / 1.50 | 1 / 1 |"
+    assert rows[-1] == ("| geometric mean % of teacher | | | identical | 100.00 [90.00, 110.00] "
+                        "/ 100.00 [90.00, 110.00] | |")
+    rows, same = same_episodes.compare(report([1.0, 2.0]), report([2.0, 1.0]))  # Reordered.
+    assert not same and "DIFFERENT" in rows[0]
