@@ -419,6 +419,18 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
         if student_path is None:
             raise ValueError("an evaluation split over workers loads the student from its "
                              "file: give student_path")
+    def play(game, role, predict, kind):
+        """One policy's evaluation: here, or split over `workers` (each loads
+        the policy from its file)."""
+        if not split:
+            return evaluate(game, predict, kind, preprocessing, protocol, progress,
+                            label=f"{game} {role}")
+        source = (parallel_eval.student_source(student_path, game, preprocessing)
+                  if role == "student" else
+                  parallel_eval.teacher_source(teachers_dir, game, preprocessing,
+                                               allow_unsafe_teacher))
+        return parallel_eval.evaluate(source, protocol, workers, progress)
+
     student_scores, teacher_scores, teacher_params, videos = {}, {}, {}, {}
     # One Ray connection for every policy and game (a split over Ray).
     with parallel_eval.session(workers) if split else contextlib.nullcontext():
@@ -438,14 +450,7 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                     teacher_scores[game] = dict(cached, source="evaluated with the student",
                                                 cached_from=str(cache.path))
                 else:
-                    if split:
-                        s = parallel_eval.evaluate(
-                            parallel_eval.teacher_source(teachers_dir, game, preprocessing,
-                                                         allow_unsafe_teacher),
-                            protocol, workers, progress)
-                    else:
-                        s = evaluate(game, teacher_predict, teacher.kind, preprocessing,
-                                     protocol, progress, label=f"{game} teacher")
+                    s = play(game, "teacher", teacher_predict, teacher.kind)
                     teacher_scores[game] = dict(s.to_dict(), source="evaluated with the student")
                     if cache:
                         cache.put(key, s.to_dict())
@@ -462,14 +467,7 @@ def evaluate_run(student, games, teachers_dir, preprocessing: environments.Prepr
                     teacher_scores[game]["ci"] = None if ci is None else list(ci)
             net = student.policy_network(game)
             student_predict = predict_fn(net)
-            if split:
-                student_scores[game] = parallel_eval.evaluate(
-                    parallel_eval.student_source(student_path, game, preprocessing),
-                    protocol, workers, progress)
-            else:
-                student_scores[game] = evaluate(game, student_predict, kinds[game],
-                                                preprocessing, protocol, progress,
-                                                label=f"{game} student")
+            student_scores[game] = play(game, "student", student_predict, kinds[game])
             if video_seconds > 0 and out_dir is not None:
                 from multidistill import videos as videos_lib
 

@@ -92,14 +92,17 @@ class PolicySource:
         if self.role not in ("student", "teacher"):
             raise ValueError(f"role must be 'student' or 'teacher', found {self.role!r}")
 
+    @property
+    def spec(self) -> environments.Preprocessing:
+        return environments.Preprocessing.from_dict(self.preprocessing, self.path)
+
     def load(self):
         """(predict, acting kind) of the policy, loaded from its file."""
         from multidistill import students
         from multidistill import teachers as teachers_lib
 
-        spec = environments.Preprocessing.from_dict(self.preprocessing, self.path)
         if self.role == "teacher":
-            teacher = teachers_lib.load_teacher(self.game, self.path, spec,
+            teacher = teachers_lib.load_teacher(self.game, self.path, self.spec,
                                                 allow_unsafe=self.allow_unsafe)
             return evaluation.predict_fn(teacher.policy_model), teacher.kind
         student = students.load_student(self.path)
@@ -140,8 +143,7 @@ def tasks_for(source: PolicySource, protocol: evaluation.EvalProtocol,
 def run_task(task: EvalTask) -> dict:
     """Plays one share; its episodes (the Ray task's body)."""
     predict, kind = task.source.load()
-    spec = environments.Preprocessing.from_dict(task.source.preprocessing, task.source.path)
-    s = evaluation.evaluate(task.source.game, predict, kind, spec, task.protocol,
+    s = evaluation.evaluate(task.source.game, predict, kind, task.source.spec, task.protocol,
                             progress=False, env_range=task.env_range)
     return {"env_range": list(task.env_range), "returns": s.returns, "lengths": s.lengths,
             "seconds": s.seconds, "startup_seconds": s.startup_seconds,
