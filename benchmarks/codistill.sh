@@ -68,13 +68,17 @@ run() {  # run DIR REPORT_DIR FLAGS...: the main job unless REPORT_DIR has its r
         "${ARGS[@]}" "$@"
 }
 
+# The equal-samples arms first (on this one machine they are also about equal
+# wall-clock), then the longer equal-steps arms.
 for SEED in 0 1; do
     P="$RUNS/plain_${PRESET}_seed${SEED}"
-    S="$RUNS/codistill_steps_${PRESET}_seed${SEED}"
     H="$RUNS/codistill_samples_${PRESET}_seed${SEED}"
     run "$P" "$P" --seed=$SEED --num_grad_steps=$STEPS
-    run "$S" "$S/student_0" --seed=$SEED --num_grad_steps=$STEPS --codistill=2
     run "$H" "$H/student_0" --seed=$SEED --num_grad_steps=$HALF --codistill=2
+done
+for SEED in 0 1; do
+    S="$RUNS/codistill_steps_${PRESET}_seed${SEED}"
+    run "$S" "$S/student_0" --seed=$SEED --num_grad_steps=$STEPS --codistill=2
 done
 
 P0="$RUNS/plain_${PRESET}_seed0" P1="$RUNS/plain_${PRESET}_seed1"
