@@ -23,7 +23,9 @@
 # held-out states (the paper's reproducibility claim), and between the two
 # students of one codistillation run, into benchmarks/codistill/comparison.md.
 # Every run lives in its own directory under runs/codistill/ (a rerun resumes
-# it; a finished run is not trained or evaluated again).
+# it; a finished run is not trained or evaluated again). The teachers play
+# once: every run evaluates on the same seeds, so the later runs read their
+# episodes from runs/codistill/teacher_episodes_<preset>.json (--teacher_cache).
 #
 #   bash benchmarks/codistill.sh                  # about 2.5 hours on 2 idle cores
 #   bash benchmarks/codistill.sh --preset=smoke   # every stage on tiny sizes: a few minutes
@@ -65,7 +67,7 @@ run() {  # run DIR REPORT_DIR FLAGS...: the main job unless REPORT_DIR has its r
     local dir="$1" report="$2"
     shift 2
     [ -f "$report/report.json" ] || "$PYTHON" train.py --games=$GAMES --run_dir="$dir" \
-        "${ARGS[@]}" "$@"
+        --teacher_cache="$RUNS/teacher_episodes_${PRESET}.json" "${ARGS[@]}" "$@"
 }
 
 # The equal-samples arms first (on this one machine they are also about equal

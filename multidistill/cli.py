@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from absl import app, flags
 
@@ -511,6 +512,13 @@ def define_eval_flags():
     flags.DEFINE_bool("evaluate_teachers", True,
                       "Play the teachers under the student's protocol (else use their cards' "
                       "scores).")
+    flags.DEFINE_string("teacher_cache", "",
+                        "JSON file of teachers' evaluation episodes kept across runs: a "
+                        "teacher whose file, game, protocol and preprocessing are in it is not "
+                        "played again (the same seeds play the same episodes, so the ratio "
+                        "stays paired); the others are played and added. For several runs "
+                        "against the same teachers (benchmarks). Empty: play the teachers "
+                        "every time (a sweep: its own file in its output directory).")
     flags.DEFINE_integer("eval_workers", 1,
                          "Workers each evaluation's environments are split over (at most "
                          "--eval_num_envs); the episodes, and so the report, are the same as "
@@ -538,6 +546,26 @@ def eval_workers_from_flags():
 
     return _config_from_flags(build, {"num_workers": "eval_workers",
                                       "executor": "eval_executor"})
+
+
+def teacher_cache_from_flags() -> Path | None:
+    """--teacher_cache as a path, None when empty; refused when it names a
+    file that is not such a cache (it would be overwritten) or is given
+    without --evaluate_teachers (nothing would read it)."""
+    from multidistill import evaluation
+
+    text = FLAGS.teacher_cache.strip()
+    if not text:
+        return None
+    require(FLAGS.evaluate_teachers,
+            f"--teacher_cache={text} keeps teachers' evaluation episodes, but "
+            "--noevaluate_teachers takes the teachers' scores from their cards: drop one")
+    path = Path(text).expanduser()
+    try:
+        evaluation.TeacherScoreCache(path).check()
+    except ValueError as e:
+        raise UsageError(f"--teacher_cache: {e}; give a new file or one a run wrote") from None
+    return path
 
 
 def eval_protocol_from_flags():

@@ -50,6 +50,7 @@ def main(argv):
                                      video_seconds=FLAGS.video_seconds if FLAGS.videos
                                      else 0.0,
                                      workers=cli.eval_workers_from_flags(),
+                                     teacher_cache=cli.teacher_cache_from_flags(),
                                      student_path=FLAGS.student)
     print(evaluation.report_markdown(report))
     print(f"report: {out_dir / 'report.md'}")

@@ -515,6 +515,31 @@ class TeacherScoreCache:
                            "protocol": protocol.to_dict([game]),
                            "preprocessing": preprocessing.to_dict()}, sort_keys=True)
 
+    def check(self) -> None:
+        """Raises ValueError, naming the file, unless it is absent or such a
+        cache (so that `put` never overwrites another file)."""
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a directory, expected a JSON file of teachers' "
+                             "episodes")
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.path} is not a JSON file of teachers' episodes ({e})") \
+                from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path} holds a JSON {type(data).__name__}, expected an "
+                             "object of teachers' episodes")
+        for k in data:
+            try:
+                fields = json.loads(k)
+            except ValueError:
+                fields = None
+            if not isinstance(fields, dict) or "teacher_sha256" not in fields:
+                raise ValueError(f"{self.path} is not a file of teachers' episodes: its key "
+                                 f"{k[:40]!r} names no teacher, game and protocol")
+
     def _read(self) -> dict:
         try:
             data = json.loads(self.path.read_text())

@@ -82,6 +82,7 @@ def main(argv):
     collect_config = cli.collect_config_from_flags()
     protocol = cli.eval_protocol_from_flags()
     eval_workers = cli.eval_workers_from_flags()
+    teacher_cache = cli.teacher_cache_from_flags()
 
     # 1. Teachers (all checked before any long work starts).
     teachers = stages.load_teachers(game_names, FLAGS.teachers_dir, spec,
@@ -196,6 +197,7 @@ def main(argv):
         evaluate_teachers=FLAGS.evaluate_teachers,
         allow_unsafe_teacher=FLAGS.allow_unsafe_teacher,
         video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0, workers=eval_workers,
+        teacher_cache=teacher_cache,
         extra={"run_dir": str(run_dir), "preset": FLAGS.preset,
                "command": command_line(), "commit": commit,
                "training": train_summary, "datasets": summaries,

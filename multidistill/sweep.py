@@ -311,7 +311,7 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
               teachers_dir: str | os.PathLike, *, evaluate_teachers: bool = True,
               allow_unsafe_teacher: bool = False, video_seconds: float = 0.0,
               extra: dict | None = None, progress: bool = True,
-              workers=None) -> list[dict]:
+              workers=None, teacher_cache: str | os.PathLike | None = None) -> list[dict]:
     """Trains and evaluates one student per size of `sweep`, or reads its
     cached row; returns the rows in `sweep.sizes` order.
 
@@ -359,7 +359,7 @@ def run_sweep(out_dir: str | os.PathLike, sweep: SweepConfig, config: distiller.
             grad_steps=training["grad_steps"], t_start=t_start,
             evaluate_teachers=evaluate_teachers, allow_unsafe_teacher=allow_unsafe_teacher,
             video_seconds=video_seconds, progress=progress,
-            teacher_cache=out_dir / TEACHER_CACHE_FILE, workers=workers,
+            teacher_cache=teacher_cache or out_dir / TEACHER_CACHE_FILE, workers=workers,
             extra={"run_dir": str(run_dir), **(extra or {}),
                    "sweep": {"output_dir": str(out_dir), "size": size},
                    "training": training, "config": size_config.to_dict(),
@@ -638,6 +638,7 @@ def main(argv):
     collect_config = cli.collect_config_from_flags()
     protocol = cli.eval_protocol_from_flags()
     workers = cli.eval_workers_from_flags()
+    teacher_cache = cli.teacher_cache_from_flags()
     out_dir = Path(FLAGS.output_dir or default_output_dir(game_names, FLAGS.preset))
 
     # 1. Teachers (all checked before any long work starts).
@@ -670,7 +671,7 @@ def main(argv):
                          video_seconds=FLAGS.video_seconds if FLAGS.videos else 0.0,
                          extra={"preset": FLAGS.preset, "command": command, "commit": commit,
                                 "datasets": built},
-                         workers=workers)
+                         workers=workers, teacher_cache=teacher_cache)
     except stages.Interrupted as e:
         print(e, file=sys.stderr)
         raise SystemExit(130) from None

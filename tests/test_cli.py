@@ -156,6 +156,10 @@ BAD_FLAGS = [
      "--update_rule=teacher_value_reward needs each teacher's state value; the teachers of "
      "['freeway'] have none"),
     (["--games=pong", "--rounds=-2"], "--rounds must be >= 0, found -2"),
+    (["--games=pong", "--noevaluate_teachers", "--teacher_cache=t.json"],
+     "--teacher_cache=t.json keeps teachers' evaluation episodes, but --noevaluate_teachers"),
+    (["--games=pong", "--teacher_cache=pyproject.toml"],
+     "--teacher_cache: pyproject.toml is not a JSON file of teachers' episodes"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -239,3 +240,25 @@ def test_teacher_score_cache_keys_on_teacher_game_protocol_and_preprocessing(tmp
     assert cache.get(key) is None
     cache.put(key, {"mean": 2.0})
     assert json.loads(cache.path.read_text()) == {key: {"mean": 2.0}}
+
+
+def test_teacher_score_cache_check_refuses_files_it_would_overwrite(tmp_path):
+    """`check` passes an absent file and one `put` wrote; any other file
+    (which `put` would replace) is refused by name."""
+    cache = evaluation.TeacherScoreCache(tmp_path / "teachers.json")
+    cache.check()  # Absent: a new cache.
+    cache.put(cache.key("abc", "pong", evaluation.EvalProtocol(), environments.Preprocessing()),
+              {"mean": 1.0})
+    cache.check()
+    for name, text, says in [("list.json", "[1, 2]", "holds a JSON list, expected an object"),
+                             ("cut.json", '{"x": ', "is not a JSON file of teachers' episodes"),
+                             ("card.json", '{"game": "pong", "evaluation": {}}',
+                              "its key 'game' names no teacher")]:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(says)) as e:
+            evaluation.TeacherScoreCache(path).check()
+        assert str(path) in str(e.value)
+        assert path.read_text() == text  # Untouched.
+    with pytest.raises(ValueError, match="is a directory"):
+        evaluation.TeacherScoreCache(tmp_path).check()

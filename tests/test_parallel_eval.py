@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -140,6 +141,39 @@ def test_a_split_evaluation_gives_the_same_report(tmp_path, spec):
     assert (_without_timings(on_ray["games"]["freeway"])
             == _without_timings(whole["games"]["freeway"]))
     assert on_ray["evaluation_workers"] == {"num_workers": 2, "executor": "ray"}
+
+
+@pytest.mark.slow
+def test_a_teacher_cache_plays_each_teacher_once_with_the_same_report(tmp_path, spec,
+                                                                       monkeypatch):
+    """--teacher_cache: a second run against the same teachers plays only its
+    student, and its report equals the first's (the same seeds, the same
+    episodes: the ratios stay paired)."""
+    student, _ = _student(tmp_path, spec)
+    teachers_dir = _teachers(tmp_path / "teachers", spec)
+    protocol = evaluation.EvalProtocol(num_episodes=2, num_envs=2, epsilon=0.2)
+    cache = tmp_path / "teacher_episodes.json"
+
+    def run(out):
+        return evaluation.evaluate_run(student, list(GAMES), teachers_dir, spec, protocol,
+                                       out_dir=tmp_path / out, progress=False,
+                                       teacher_cache=cache)
+
+    first = run("first")
+    assert len(json.loads(cache.read_text())) == 2  # One entry per teacher.
+    played = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate",
+                        lambda *a, **k: played.append(k["label"]) or real(*a, **k))
+    second = run("second")
+    assert played == ["pong student", "freeway student"]
+    for game in GAMES:
+        assert second["games"][game]["teacher"].pop("cached_from") == str(cache)
+    assert _without_timings(second) == _without_timings(first)
+    # Without the cache, the teacher is played again.
+    played.clear()
+    evaluation.evaluate_run(student, ["pong"], teachers_dir, spec, protocol, progress=False)
+    assert played == ["pong teacher", "pong student"]
 
 
 def test_a_split_evaluation_needs_the_student_file(tmp_path, spec, teachers_dir):
