@@ -71,31 +71,51 @@ run() {  # run DIR REPORT_DIR FLAGS...: the main job unless REPORT_DIR has its r
 }
 
 # The equal-samples arms first (on this one machine they are also about equal
-# wall-clock), then the longer equal-steps arms.
+# wall-clock), then the longer equal-steps arms (seeds STEPS_SEEDS, default
+# "0 1"; STEPS_SEEDS=0 when the time allows one).
 for SEED in 0 1; do
     P="$RUNS/plain_${PRESET}_seed${SEED}"
     H="$RUNS/codistill_samples_${PRESET}_seed${SEED}"
     run "$P" "$P" --seed=$SEED --num_grad_steps=$STEPS
     run "$H" "$H/student_0" --seed=$SEED --num_grad_steps=$HALF --codistill=2
 done
-for SEED in 0 1; do
+for SEED in ${STEPS_SEEDS:-0 1}; do
     S="$RUNS/codistill_steps_${PRESET}_seed${SEED}"
     run "$S" "$S/student_0" --seed=$SEED --num_grad_steps=$STEPS --codistill=2
 done
 
-P0="$RUNS/plain_${PRESET}_seed0" P1="$RUNS/plain_${PRESET}_seed1"
-S0="$RUNS/codistill_steps_${PRESET}_seed0/student_0"
-S1="$RUNS/codistill_steps_${PRESET}_seed1/student_0"
-H0="$RUNS/codistill_samples_${PRESET}_seed0/student_0"
-H1="$RUNS/codistill_samples_${PRESET}_seed1/student_0"
-"$PYTHON" -m multidistill.compare "$P0" "$P1" "$S0" "$S1" "$H0" "$H1" \
-    --labels="plain seed 0,plain seed 1,codistill equal steps seed 0,codistill equal steps seed 1,codistill equal samples seed 0,codistill equal samples seed 1" \
+# The comparison covers the runs that finished (their report.json).
+RUN_DIRS=() LABELS=() PAIRS=() PAIR_LABELS=()
+add_run() {  # add_run DIR LABEL
+    [ -f "$1/report.json" ] || return 0
+    RUN_DIRS+=("$1"); LABELS+=("$2")
+}
+add_pair() {  # add_pair A B LABEL
+    [ -f "$1/report.json" ] && [ -f "$2/report.json" ] || return 0
+    PAIRS+=("$1" "$2"); PAIR_LABELS+=("$3")
+}
+for SEED in 0 1; do add_run "$RUNS/plain_${PRESET}_seed${SEED}" "plain seed $SEED"; done
+for SEED in 0 1; do
+    add_run "$RUNS/codistill_steps_${PRESET}_seed${SEED}/student_0" "codistill equal steps seed $SEED"
+done
+for SEED in 0 1; do
+    add_run "$RUNS/codistill_samples_${PRESET}_seed${SEED}/student_0" "codistill equal samples seed $SEED"
+done
+add_pair "$RUNS/plain_${PRESET}_seed0" "$RUNS/plain_${PRESET}_seed1" "plain: seed 0 vs seed 1"
+for ARM in steps samples; do
+    add_pair "$RUNS/codistill_${ARM}_${PRESET}_seed0/student_0" \
+        "$RUNS/codistill_${ARM}_${PRESET}_seed1/student_0" "codistill equal $ARM: seed 0 vs seed 1"
+done
+for ARM in steps samples; do  # The two students of one run (student 1 is not evaluated).
+    D="$RUNS/codistill_${ARM}_${PRESET}_seed0"
+    [ -f "$D/student_1/student.keras" ] && [ -f "$D/student_0/report.json" ] || continue
+    PAIRS+=("$D/student_0" "$D/student_1"); PAIR_LABELS+=("codistill equal $ARM seed 0: student 0 vs student 1")
+done
+join() { local IFS=,; echo "$*"; }
+"$PYTHON" -m multidistill.compare "${RUN_DIRS[@]}" --labels="$(join "${LABELS[@]}")" \
     --output_dir="$OUT"
 "$PYTHON" -m multidistill.disagreement --games=$GAMES --datasets_dir="$DATASETS" \
-    "$P0" "$P1" "$S0" "$S1" "$H0" "$H1" \
-    "$S0" "$RUNS/codistill_steps_${PRESET}_seed0/student_1" \
-    --labels="plain: seed 0 vs seed 1,codistill equal steps: seed 0 vs seed 1,codistill equal samples: seed 0 vs seed 1,codistill equal steps seed 0: student 0 vs student 1" \
-    --output="$OUT/disagreement.md"
+    "${PAIRS[@]}" --labels="$(join "${PAIR_LABELS[@]}")" --output="$OUT/disagreement.md"
 {
     echo
     echo "## Prediction disagreement on the held-out states"

@@ -30,9 +30,10 @@ RUNS="runs/iekd"
 PLAIN="$RUNS/plain_${PRESET}_seed${SEED}"
 IEKD="$RUNS/iekd_${PRESET}_seed${SEED}"
 OUT=benchmarks/iekd
+TC=runs/teacher_episodes.json  # The teachers play once (the same seeds in every run).
 [ "$PRESET" = default ] || OUT="$RUNS/comparison_${PRESET}"
 
-[ -f "$PLAIN/report.json" ] || "$PYTHON" train.py --games=$GAMES --run_dir="$PLAIN" "$@"
-[ -f "$IEKD/report.json" ] || "$PYTHON" train.py --games=$GAMES --run_dir="$IEKD" --iekd "$@"
+[ -f "$PLAIN/report.json" ] || "$PYTHON" train.py --games=$GAMES --run_dir="$PLAIN" --teacher_cache="$TC" "$@"
+[ -f "$IEKD/report.json" ] || "$PYTHON" train.py --games=$GAMES --run_dir="$IEKD" --iekd --teacher_cache="$TC" "$@"
 "$PYTHON" -m multidistill.compare "$PLAIN" "$IEKD" \
     --labels="plain student,IE-KD (inheritance + exploration halves)" --output_dir="$OUT"

@@ -24,8 +24,8 @@ BASE=runs/pong-qbert-freeway_kl_dqn_default_seed0
 # episodes for a 50,000-step target.
 HALF=(--games=$GAMES --num_agent_steps=50000 --datasets_dir=datasets/half --num_envs=12
       --num_grad_steps=12500 --rounds=2 --agent_steps_per_round=25000
-      --grad_steps_per_round=6250)
-[ -f "$BASE/report.json" ] || python train.py --games=$GAMES
+      --grad_steps_per_round=6250 --teacher_cache=runs/teacher_episodes.json)
+[ -f "$BASE/report.json" ] || python train.py --games=$GAMES --teacher_cache=runs/teacher_episodes.json
 [ -f runs/sd_student/report.json ] || python train.py "${HALF[@]}" --control=student --run_dir=runs/sd_student
 [ -f runs/sd_mixture/report.json ] || python train.py "${HALF[@]}" --control=mixture --beta=0.5 --run_dir=runs/sd_mixture
 [ -f "runs/sd_$RULE/report.json" ] || python train.py "${HALF[@]}" --control=student --update_rule="$RULE" --run_dir="runs/sd_$RULE"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 GAMES=pong,qbert,freeway
 BASE=runs/pong-qbert-freeway_kl_dqn_default_seed0
 SHARED=runs/pong-qbert-freeway_kl_dqn_shared18_default_seed0
-[ -f "$BASE/report.json" ] || python train.py --games=$GAMES
-[ -f "$SHARED/report.json" ] || python train.py --games=$GAMES --student_head=shared18
+[ -f "$BASE/report.json" ] || python train.py --games=$GAMES --teacher_cache=runs/teacher_episodes.json
+[ -f "$SHARED/report.json" ] || python train.py --games=$GAMES --student_head=shared18 --teacher_cache=runs/teacher_episodes.json
 python -m multidistill.compare "$BASE" "$SHARED" \
     --labels="a head per game,one masked 18-way head" --output_dir=benchmarks/student_head
