@@ -81,6 +81,15 @@ for SEED in 0 1; do
 done
 for SEED in ${STEPS_SEEDS:-0 1}; do
     S="$RUNS/codistill_steps_${PRESET}_seed${SEED}"
+    H="$RUNS/codistill_samples_${PRESET}_seed${SEED}"
+    # The equal-steps run's first STEPS/2 steps are the equal-samples run's
+    # (the same seed and settings; batches, refreshes and the burn-in are
+    # functions of the step, the learning rate is constant, and a run resumes
+    # exactly), so it starts from a copy of that run and trains the rest.
+    if [ ! -e "$S" ] && [ -f "$H/student_0/report.json" ]; then
+        cp -a "$H" "$S.tmp" && rm -f "$S.tmp/student_0/report.json" && mv "$S.tmp" "$S"
+        echo "$S: from a copy of $H at $HALF steps per student"
+    fi
     run "$S" "$S/student_0" --seed=$SEED --num_grad_steps=$STEPS --codistill=2
 done
 
