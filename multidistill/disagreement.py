@@ -16,10 +16,19 @@ with p = softmax of the student's logits over the game's actions. This is
 the reproducibility measure of Anil et al. (2018, Sec. 3.3: how often two
 retrainings of a model predict differently), for two runs that differ only
 in their seed.
+
+Each figure comes with a 95 % percentile-bootstrap interval over the
+held-out states, resampled in NUM_BLOCKS contiguous blocks per game
+(`statistics.block_resampled_means`: neighbouring states are alike), and
+the mean over games with a stratified one (each game's blocks resampled
+within the game). The interval says how much the figure depends on which
+states were held out, not how much it moves between seeds: a pair of runs
+is one draw of that.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,21 +36,20 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from multidistill import cli, files
+from multidistill import cli, files, statistics
 
 FLAGS = flags.FLAGS
+NUM_BLOCKS = 16  # Contiguous blocks of held-out states a game's interval resamples.
+MAX_STATES = 1024  # Held-out states per game, evenly spread over its held-out episodes.
 
 
-def policy_disagreement(logits_a: np.ndarray, logits_b: np.ndarray) -> dict[str, float]:
-    """Top-1 disagreement and mean total-variation distance of two policies.
+def state_measures(logits_a: np.ndarray, logits_b: np.ndarray) -> dict[str, np.ndarray]:
+    """Per state, whether the two policies' argmax differ (0/1) and their
+    total-variation distance 1/2 sum_a |softmax(a) - softmax(b)|.
 
     Args:
       logits_a, logits_b: (N, A) logits over the same actions (only the
         game's valid actions: slice padded columns off first).
-
-    Returns:
-      {"disagreement": share of states whose argmax differs, "tv": mean over
-      states of 1/2 sum_a |softmax(a) - softmax(b)|, "num_states": N}.
     """
     a = np.asarray(logits_a, np.float64)
     b = np.asarray(logits_b, np.float64)
@@ -53,9 +61,49 @@ def policy_disagreement(logits_a: np.ndarray, logits_b: np.ndarray) -> dict[str,
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    return {"disagreement": float(np.mean(a.argmax(-1) != b.argmax(-1))),
-            "tv": float(np.mean(0.5 * np.abs(softmax(a) - softmax(b)).sum(-1))),
-            "num_states": int(a.shape[0])}
+    return {"disagreement": (a.argmax(-1) != b.argmax(-1)).astype(np.float64),
+            "tv": 0.5 * np.abs(softmax(a) - softmax(b)).sum(-1)}
+
+
+def summarise(per_game: dict[str, dict[str, np.ndarray]],
+              boot: statistics.Bootstrap = statistics.Bootstrap(),
+              num_blocks: int = NUM_BLOCKS) -> dict:
+    """Means and intervals of `state_measures` per game and over games.
+
+    Returns:
+      {"games": {game: {"disagreement", "disagreement_ci", "tv", "tv_ci",
+      "num_states"}}, "mean": {"disagreement", "disagreement_ci", "tv",
+      "tv_ci"}}: the mean over games of each game's mean, its interval
+      stratified (one resample of every game's blocks per bootstrap draw).
+      An interval is None for a game of fewer than 2 states.
+    """
+    games, mean = {}, {}
+    for measure in ("disagreement", "tv"):
+        draws = []
+        for k, (game, m) in enumerate(per_game.items()):
+            values = m[measure]
+            g = games.setdefault(game, {"num_states": int(len(values))})
+            g[measure] = float(np.mean(values))
+            g[f"{measure}_ci"] = None
+            if len(values) >= statistics.MIN_EPISODES:
+                d = statistics.block_resampled_means(values, num_blocks, boot.resamples,
+                                                     boot.rng(1, k))
+                g[f"{measure}_ci"] = list(statistics.percentile_interval(d, boot.confidence))
+                draws.append(d)
+        if per_game:
+            mean[measure] = float(np.mean([g[measure] for g in games.values()]))
+            mean[f"{measure}_ci"] = (
+                list(statistics.percentile_interval(np.mean(draws, axis=0), boot.confidence))
+                if len(draws) == len(per_game) else None)
+    return {"games": games, "mean": mean}
+
+
+def policy_disagreement(logits_a: np.ndarray, logits_b: np.ndarray) -> dict[str, float]:
+    """Top-1 disagreement and mean total-variation distance of two policies
+    on one set of states: {"disagreement", "tv", "num_states"}."""
+    m = state_measures(logits_a, logits_b)
+    return {"disagreement": float(np.mean(m["disagreement"])), "tv": float(np.mean(m["tv"])),
+            "num_states": int(len(m["tv"]))}
 
 
 def _logits(student, x, num_actions: int) -> np.ndarray:
@@ -67,10 +115,11 @@ def _logits(student, x, num_actions: int) -> np.ndarray:
 
 
 def heldout_disagreement(run_a: str | os.PathLike, run_b: str | os.PathLike,
-                         paths: Sequence, max_rows: int = 1024) -> dict[str, dict]:
-    """Per game, `policy_disagreement` of the students of two runs on the
-    held-out states of `paths` (one dataset per game, in the students' head
-    order), on the data prefix `run_a` started from."""
+                         paths: Sequence, max_rows: int = MAX_STATES,
+                         boot: statistics.Bootstrap = statistics.Bootstrap()) -> dict:
+    """`summarise` of the students of two runs on the held-out states of
+    `paths` (one dataset per game, in the students' head order, the states
+    in time order), on the data prefix `run_a` started from."""
     from multidistill import distiller, pipeline, students
 
     a = students.load_student(Path(run_a) / "student.keras")
@@ -90,23 +139,32 @@ def heldout_disagreement(run_a: str | os.PathLike, run_b: str | os.PathLike,
                 continue
             x, _ = batch
             n = a.num_actions[g]
-            out[game] = policy_disagreement(_logits(a, x, n), _logits(b, x, n))
-        return out
+            out[game] = state_measures(_logits(a, x, n), _logits(b, x, n))
+        return summarise(out, boot)
     finally:
         source.close()
 
 
-def disagreement_markdown(results: dict[str, dict[str, dict]]) -> str:
-    """A table: per labelled pair and game, disagreement and TV in %."""
-    games = sorted({g for r in results.values() for g in r})
+def _pct(d: dict, measure: str) -> str:
+    ci = d.get(f"{measure}_ci")
+    point = f"{100 * d[measure]:.1f}"
+    return point if ci is None else f"{point} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def disagreement_markdown(results: dict[str, dict]) -> str:
+    """A table: per labelled pair (a `summarise` result each), per game the
+    top-1 disagreement and the TV distance in % with their intervals, and
+    their means over games."""
+    games = sorted({g for r in results.values() for g in r["games"]})
     lines = ["| pair | " + " | ".join(f"{g} top-1 disagreement % / TV %" for g in games)
-             + " | mean top-1 disagreement % |",
-             "|---|" + "---|" * (len(games) + 1)]
+             + " | mean top-1 disagreement % | mean TV % |",
+             "|---|" + "---|" * (len(games) + 2)]
     for label, r in results.items():
-        cells = [f"{100 * r[g]['disagreement']:.1f} / {100 * r[g]['tv']:.1f}" if g in r
-                 else "-" for g in games]
-        mean = np.mean([r[g]["disagreement"] for g in games if g in r]) if r else float("nan")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * mean:.1f} |")
+        cells = [f"{_pct(r['games'][g], 'disagreement')} / {_pct(r['games'][g], 'tv')}"
+                 if g in r["games"] else "-" for g in games]
+        mean = ([_pct(r["mean"], "disagreement"), _pct(r["mean"], "tv")] if r["mean"]
+                else ["-", "-"])
+        lines.append(f"| {label} | " + " | ".join(cells + mean) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +173,8 @@ def define_flags():
     flags.DEFINE_string("datasets_dir", "datasets", "Folder of the games' datasets.")
     flags.DEFINE_list("labels", [], "Names of the pairs, in argument order (default: the "
                                     "run directories' names).")
-    flags.DEFINE_string("output", None, "Markdown file for the table (default: print only).")
+    flags.DEFINE_string("output", None, "Markdown file for the table, with the figures as JSON "
+                                        "beside it (same name, .json; default: print only).")
     cli.define_verbose_flag()
 
 
@@ -139,7 +198,16 @@ def main(argv):
     if FLAGS.output:
         Path(FLAGS.output).parent.mkdir(parents=True, exist_ok=True)
         files.atomic_write_text(FLAGS.output, table)
-        print(f"disagreement: {FLAGS.output}")
+        json_path = Path(FLAGS.output).with_suffix(".json")
+        files.atomic_write_text(json_path, json.dumps(
+            {"pairs": [{"label": label, "run_a": str(a), "run_b": str(b), **results[label]}
+                       for label, (a, b) in zip(labels, pairs)],
+             "max_held_out_states_per_game": MAX_STATES,
+             "interval": dict(statistics.Bootstrap().to_dict(),
+                              method=f"percentile bootstrap over {NUM_BLOCKS} contiguous blocks "
+                                     "of each game's held-out states, stratified by game")},
+            indent=1) + "\n")
+        print(f"disagreement: {FLAGS.output}, {json_path}")
 
 
 if __name__ == "__main__":

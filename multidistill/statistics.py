@@ -111,6 +111,25 @@ def mean_interval(values: Sequence[float], boot: Bootstrap = Bootstrap(),
     return percentile_interval(resampled_means(values, idx), boot.confidence)
 
 
+def block_resampled_means(values: Sequence[float], num_blocks: int, resamples: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Means of `values` (a sequence in time order) over resamples of its
+    contiguous blocks: (resamples,).
+
+    The sequence is cut into `num_blocks` contiguous blocks (numpy's
+    `array_split`; fewer when there are fewer values); each resample draws
+    that many blocks with replacement and takes the mean of all their values.
+    Neighbouring states of an episode are alike, so resampling single states
+    would treat them as independent and give too narrow an interval.
+    """
+    values = np.asarray(values, np.float64)
+    blocks = np.array_split(values, max(1, min(int(num_blocks), len(values))))
+    sums = np.array([b.sum() for b in blocks])
+    counts = np.array([len(b) for b in blocks], np.float64)
+    idx = resample_indices(len(blocks), resamples, rng)
+    return sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den where den > 0, NaN elsewhere (a ratio to a score <= 0 means nothing)."""
     out = np.full(np.shape(num), np.nan)

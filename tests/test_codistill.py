@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import flag_parser, new_writer, synthetic_episode
 
-from multidistill import codistill, disagreement, distiller, objectives, pipeline
+from multidistill import codistill, disagreement, distiller, objectives, pipeline, statistics
 
 
 @pytest.fixture(scope="module")
@@ -323,8 +323,52 @@ def test_policy_disagreement_by_hand():
     assert same["disagreement"] == 0 and same["tv"] < 1e-12
     with pytest.raises(ValueError, match="one shape"):
         disagreement.policy_disagreement(a, b[:1])
-    table = disagreement.disagreement_markdown({"x": {"pong": d}})
-    assert "| x | 50.0 / 45.0 | 50.0 |" in table
+    m = disagreement.state_measures(a, b)
+    np.testing.assert_allclose(m["disagreement"], [0.0, 1.0])
+    np.testing.assert_allclose(m["tv"], [0.2, 0.7])
+
+
+def test_block_resampled_means_by_hand():
+    """Blocks of array_split, drawn by index; a resample's mean is the mean
+    of all the values of its blocks (a block of 3 weighs more than one of 2)."""
+    class Draws:  # The resamples' block indices, as rng.integers would give them.
+        def integers(self, low, high, size):
+            assert (low, high, size) == (0, 2, (3, 2))
+            return np.array([[0, 1], [1, 1], [0, 0]])
+
+    got = statistics.block_resampled_means([1, 2, 3, 4, 5], 2, 3, Draws())
+    np.testing.assert_allclose(got, [15 / 5, 18 / 4, 12 / 6])
+    # More blocks than values: one value a block.
+    rng = np.random.default_rng(0)
+    got = statistics.block_resampled_means([0.0, 1.0], 16, 1000, rng)
+    assert set(np.round(got, 6)) == {0.0, 0.5, 1.0}
+
+
+def test_summarise_gives_intervals_per_game_and_over_games():
+    per_game = {"pong": {"disagreement": np.ones(32), "tv": np.full(32, 0.25)},
+                "freeway": {"disagreement": np.r_[np.zeros(16), np.ones(16)],
+                            "tv": np.zeros(32)}}
+    s = disagreement.summarise(per_game, statistics.Bootstrap(resamples=2000))
+    pong, freeway = s["games"]["pong"], s["games"]["freeway"]
+    assert pong["disagreement"] == 1.0 and pong["disagreement_ci"] == [1.0, 1.0]
+    assert pong["tv_ci"] == [0.25, 0.25] and pong["num_states"] == 32
+    # Freeway's first half agrees, its second does not: blocks of 2 states,
+    # so resamples range widely around 0.5.
+    assert freeway["disagreement"] == 0.5
+    lo, hi = freeway["disagreement_ci"]
+    assert 0.2 < lo < 0.5 < hi < 0.8
+    # Over games: the mean of the games' means, its interval half as wide.
+    assert s["mean"]["disagreement"] == 0.75
+    mlo, mhi = s["mean"]["disagreement_ci"]
+    np.testing.assert_allclose([mlo, mhi], [(1 + lo) / 2, (1 + hi) / 2], atol=0.02)
+    assert s["mean"]["tv"] == 0.125 and s["mean"]["tv_ci"] == [0.125, 0.125]
+    # One state: no interval, for the game or the mean.
+    one = disagreement.summarise({"pong": {"disagreement": np.ones(1), "tv": np.ones(1)}})
+    assert one["games"]["pong"]["disagreement_ci"] is None and one["mean"]["tv_ci"] is None
+    table = disagreement.disagreement_markdown({"x": s, "y": one})
+    assert (f"| x | 50.0 [{100 * lo:.1f}, {100 * hi:.1f}] / 0.0 [0.0, 0.0] | 100.0 [100.0, "
+            "100.0] / 25.0 [25.0, 25.0] | 75.0 [") in table
+    assert "| y | - | 100.0 / 100.0 | 100.0 | 100.0 |" in table
 
 
 def test_heldout_disagreement_of_two_runs(tmp_path, datasets_dir, spec):
@@ -334,5 +378,7 @@ def test_heldout_disagreement_of_two_runs(tmp_path, datasets_dir, spec):
     a, b = (codistill.student_dir(tmp_path / "run", i) for i in range(2))
     paths = _paths(datasets_dir, _config())
     d = disagreement.heldout_disagreement(a, b, paths, max_rows=64)
-    assert set(d) == {"pong", "freeway"} and d["pong"]["num_states"] > 0
-    assert disagreement.heldout_disagreement(a, a, paths, max_rows=64)["pong"]["tv"] == 0
+    assert set(d["games"]) == {"pong", "freeway"} and d["games"]["pong"]["num_states"] > 0
+    assert d["mean"]["disagreement_ci"] is not None
+    same = disagreement.heldout_disagreement(a, a, paths, max_rows=64)
+    assert same["games"]["pong"]["tv"] == 0 and same["mean"]["disagreement_ci"] == [0.0, 0.0]
