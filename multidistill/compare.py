@@ -81,9 +81,15 @@ def comparison_markdown(reports: dict[str, dict]) -> str:
             # this session's stage where that is longer (collection rounds count
             # in the stage; reports before 2026-11-29 left them out of the total).
             distil = [t[k] for k in ("run_distill_seconds", "distill_seconds") if k in t]
-            cells.append(f"{_minutes(t.get('total_seconds'))} ({_minutes(t.get('build_seconds'))}"
-                         f" / {_minutes(max(distil) if distil else None)}"
-                         f" / {_minutes(t.get('eval_seconds'))})")
+            distil = max(distil) if distil else None
+            total = _minutes(t.get("total_seconds"))
+            # A resumed run's total counts its last session only: where its
+            # stages add up to more, their sum (a lower bound) is shown.
+            stages = [t.get("build_seconds"), distil, t.get("eval_seconds")]
+            if None not in stages and sum(stages) > t.get("total_seconds", 0):
+                total = "≥" + _minutes(sum(stages))
+            cells.append(f"{total} ({_minutes(t.get('build_seconds'))}"
+                         f" / {_minutes(distil)} / {_minutes(t.get('eval_seconds'))})")
         else:
             cells.append("n/a")
         n = r.get("student_parameters")
