@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,18 @@ REPO = Path(__file__).resolve().parent.parent
 # Episodes capped at 1,200 emulator frames (300 agent steps) keep env-driven
 # tests to seconds; teachers and datasets of the tests all use this spec.
 SPEC_KW = dict(max_episode_frames=1200)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Each test leaves SIGINT and SIGTERM as it found them (ray.init installs
+    its own and ray.shutdown keeps them, which a later test in the same
+    worker would inherit)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        if handler is not None:
+            signal.signal(s, handler)
 
 
 @pytest.fixture(scope="session")
