@@ -597,7 +597,7 @@ def eval_protocol_from_flags():
 # functions run, so the other entry points do not load it.
 
 _RUN_FLAGS = ("num_env_frames", "eval_every_frames", "eval_episodes", "final_eval_episodes",
-              "checkpoint_every_s", "seed")
+              "checkpoint_every_s", "seed", "num_threads")
 _DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end", "teacher_start_epsilon")
 _PPO_FLAGS = ("num_envs", "behaviour_epsilon", "lr_horizon_frames", "orthogonal_init")
 
@@ -638,6 +638,10 @@ def define_teacher_training_flags():
     flags.DEFINE_integer("num_envs", ppo.PPOConfig.num_envs,
                          "Environments stepped together (a count; the same default for "
                          "both algorithms).")
+    flags.DEFINE_integer("num_threads", run.num_threads,
+                         "Emulator threads (a count) of the training environments and the "
+                         "periodic evaluations; 0: one "
+                         "per CPU core. Set it when several trainers share a machine.")
     flags.DEFINE_integer("seed", run.seed,
                          "Random seed (an integer) of the agent and of the environments' "
                          "episode starts; evaluations use 1,000,000 + seed.")

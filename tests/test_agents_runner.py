@@ -28,15 +28,19 @@ def _agent(seed=0):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Fake environments; evaluations that score 1, 2, 3, ... in turn."""
+    """Fake environments; evaluations that score 1, 2, 3, ... in turn; the
+    emulator threads each was asked for."""
     made, scored = [], []
+    threads = {"envs": [], "evaluations": []}
 
     def make_vector_envs(game, spec, num_envs, num_threads=0, num_groups=0):
         assert num_groups == 1
+        threads["envs"].append(num_threads)
         made.append(FakeAtari(lengths=(5, 7)[:num_envs]))
         return [made[-1]]
 
     def evaluate(game, predict, kind, spec, protocol, progress=True, label=""):
+        threads["evaluations"].append(protocol.num_threads)
         out = predict(np.zeros((1,) + SPEC.observation_shape, np.uint8))
         assert out.shape == (1, 6)  # The policy only, even for a teacher with a value.
         scored.append(float(len(scored) + 1))
@@ -44,11 +48,22 @@ def fakes(monkeypatch):
 
     monkeypatch.setattr(environments, "make_vector_envs", make_vector_envs)
     monkeypatch.setattr(evaluation, "evaluate", evaluate)
-    return made, scored
+    return made, scored, threads
+
+
+def test_num_threads_reaches_envs_and_evaluations(tmp_path, fakes):
+    """Trainers sharing a machine set their emulator threads: the training
+    environments and the periodic evaluations both get them."""
+    config = runner.RunConfig(num_env_frames=256, eval_every_frames=256, eval_episodes=1,
+                              checkpoint_every_s=3600, num_threads=3)
+    run = runner.Runner(_agent(), "dqn", "pong", SPEC, config, tmp_path / "teachers",
+                        tmp_path / "ck")
+    assert run.train(progress=False) == ""
+    assert fakes[2] == {"envs": [3], "evaluations": [3]}
 
 
 def test_train_evaluates_exports_and_checkpoints(tmp_path, fakes):
-    made, scored = fakes
+    made, scored, _ = fakes
     agent = _agent()
     run = runner.Runner(agent, "dqn", "pong", SPEC, CONFIG, tmp_path / "teachers",
                         tmp_path / "ck", command="python -m multidistill.train_teacher x")
@@ -77,7 +92,7 @@ def test_train_evaluates_exports_and_checkpoints(tmp_path, fakes):
 
 
 def test_sigterm_checkpoints_at_the_end_of_the_iteration_and_the_run_resumes(tmp_path, fakes):
-    made, scored = fakes
+    made, scored, _ = fakes
     agent = _agent()
     observe = agent.observe
 
@@ -165,7 +180,7 @@ def test_a_teacher_of_another_algorithm_gives_weights_only(tmp_path):
 
 
 def test_a_ppo_run_exports_its_teacher_with_the_critic(tmp_path, fakes):
-    made, scored = fakes
+    made, scored, _ = fakes
     agent = ppo.PPO("pong", 6, SPEC, ppo.PPOConfig(num_envs=2, rollout_length=4, num_epochs=1,
                                                     num_minibatches=1, **TINY),
                     total_agent_steps=10, seed=0)

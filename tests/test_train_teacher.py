@@ -75,7 +75,9 @@ def test_bad_flags_are_refused_by_name(tmp_path):
         (_args(tmp_path, "pong", "--epsilon_end=1.5")[2:],
          "--epsilon_end must be in [0, 1], found 1.5"),
         (_args(tmp_path, "pong", "--num_env_frames=0")[2:],
-         "--num_env_frames must be >= 1, found 0")]
+         "--num_env_frames must be >= 1, found 0"),
+        (_args(tmp_path, "pong", "--num_threads=-1")[2:],
+         "--num_threads must be >= 0, found -1")]
     runs = run_cli_cases("multidistill.train_teacher", "cli.define_teacher_training_flags",
                          [argv for argv, _ in cases])
     for (argv, message), (rc, out) in zip(cases, runs):

@@ -62,8 +62,8 @@ class RunConfig:
       checkpoint_every_s: wall-clock seconds between checkpoints.
       seed: seeds the agent and the environments' episode starts; the
         evaluation protocol's seed is 1,000,000 + seed.
-      num_threads: emulator threads of the training environments (0: one
-        per core).
+      num_threads: emulator threads of the training environments and of
+        the periodic evaluations (0: one per core).
     """
 
     num_env_frames: int = 10_000_000
@@ -291,7 +291,8 @@ class Runner:
         """
         frames = self.num_env_frames
         protocol = evaluation.EvalProtocol(num_episodes=self.config.eval_episodes,
-                                           seed=self.config.eval_protocol_seed)
+                                           seed=self.config.eval_protocol_seed,
+                                           num_threads=self.config.num_threads)
         model = self.agent.teacher_model
         scores = evaluation.evaluate(self.game,
                                      evaluation.predict_fn(base.policy_network(model)),
