@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 
+import keras
 import numpy as np
 import pytest
 from test_agents_loop import FakeAtari
@@ -194,3 +196,12 @@ def test_a_ppo_run_exports_its_teacher_with_the_critic(tmp_path, fakes):
     assert len(teacher.model.outputs) == 2 and teacher.card["value"] == "output"
     assert teacher.card["training"]["algo_state"] == {"agent_steps": 10, "gradient_steps": 1}
     assert teacher.card["training"]["config"]["behaviour_epsilon"] == 0.05
+
+
+def test_hardware_names_the_accelerators(monkeypatch):
+    assert runner.accelerators() == []  # This machine (and CI's) has none.
+    cpu_only = runner.hardware()
+    assert cpu_only.endswith(f"cores, {platform.system()}, keras backend "
+                             f"{keras.backend.backend()}")
+    monkeypatch.setattr(runner, "accelerators", lambda: ["NVIDIA H200", "NVIDIA H200"])
+    assert runner.hardware() == cpu_only + ", 2 x NVIDIA H200"

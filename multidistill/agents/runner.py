@@ -119,12 +119,43 @@ def make_agent(algo: str, game: str, num_actions: int, spec: environments.Prepro
                        seed=seed)
 
 
-def hardware() -> str:
-    """The machine, in words, for the teacher's card."""
+def accelerators() -> list[str]:
+    """Names of the accelerators Keras' backend computes on (e.g. ["NVIDIA
+    H200"]); [] on a CPU-only machine or where the backend cannot say."""
     import keras
 
-    return (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, "
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return [tf.config.experimental.get_device_details(d).get("device_name", d.name)
+                    for d in tf.config.list_physical_devices("GPU")]
+        if backend == "torch":
+            import torch
+
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # A card's wording is not worth a failed run.
+        return []
+    return []
+
+
+def hardware() -> str:
+    """The machine, in words, for the teacher's card: processor, cores,
+    system, Keras backend and any accelerators (e.g. "x86_64 16 cores,
+    Linux, keras backend jax, 1 x NVIDIA H200")."""
+    import keras
+
+    text = (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, "
             f"keras backend {keras.backend.backend()}")
+    names = accelerators()
+    for name in sorted(set(names)):
+        text += f", {names.count(name)} x {name}"
+    return text
 
 
 class Runner:
