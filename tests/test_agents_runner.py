@@ -177,6 +177,9 @@ def test_a_teacher_of_another_algorithm_gives_weights_only(tmp_path):
     run = runner.Runner(agent, "dqn", "pong", SPEC, CONFIG, tmp_path, tmp_path / "ck")
     assert run.start_from_teacher(teachers.load_teacher("pong", tmp_path, SPEC)) == 5
     assert agent.agent_steps == 0 and run.run["best_eval"] is None
+    # The card it exports names the stage it started from.
+    stages = run.training_card()["earlier_stages"]
+    assert [(s["algorithm"], s["num_env_frames"]) for s in stages] == [("ppo", 50 * 4)]
     np.testing.assert_array_equal(agent.net.get_layer("conv0").get_weights()[0],
                                   exporter.net.get_layer("conv0").get_weights()[0])
 
@@ -205,3 +208,17 @@ def test_hardware_names_the_accelerators(monkeypatch):
                              f"{keras.backend.backend()}")
     monkeypatch.setattr(runner, "accelerators", lambda: ["NVIDIA H200", "NVIDIA H200"])
     assert runner.hardware() == cpu_only + ", 2 x NVIDIA H200"
+
+
+def test_stages_of_a_card_lists_earlier_stages_then_its_own_run():
+    first = {"algorithm": "dqn", "num_env_frames": 100, "wall_clock_s": 5.0,
+             "hardware": "cpu", "command": "a", "history": "h", "config": {"x": 1}}
+    second = dict(first, num_env_frames=300, hardware="gpu", command="b",
+                  earlier_stages=runner.stages_of(first))
+    del second["history"]
+    assert runner.stages_of({}) == []
+    assert runner.stages_of(second) == [
+        {"algorithm": "dqn", "num_env_frames": 100, "wall_clock_s": 5.0, "hardware": "cpu",
+         "command": "a", "history": "h"},
+        {"algorithm": "dqn", "num_env_frames": 300, "wall_clock_s": 5.0, "hardware": "gpu",
+         "command": "b"}]

@@ -119,6 +119,21 @@ def make_agent(algo: str, game: str, num_actions: int, spec: environments.Prepro
                        seed=seed)
 
 
+STAGE_FIELDS = ("algorithm", "num_env_frames", "wall_clock_s", "hardware", "command", "history")
+
+
+def stages_of(training: dict) -> list[dict]:
+    """A teacher's training stages, oldest first, from its card's `training`
+    section: the stages it lists (`earlier_stages`), then the run that
+    exported it (its frames, wall-clock, hardware, command). A run started
+    from that teacher (`--init_from_teacher`) records them as its own
+    `earlier_stages`, so a card says where every frame was trained."""
+    stages = [dict(stage) for stage in training.get("earlier_stages") or []]
+    if training:
+        stages.append({k: training[k] for k in STAGE_FIELDS if k in training})
+    return stages
+
+
 def accelerators() -> list[str]:
     """Names of the accelerators Keras' backend computes on (e.g. ["NVIDIA
     H200"]); [] on a CPU-only machine or where the backend cannot say."""
@@ -277,6 +292,7 @@ class Runner:
         self.run["last_eval_frames"] = self.num_env_frames
         if training.get("algorithm") == self.algo:
             self.run["wall_clock_s"] = float(training.get("wall_clock_s", 0.0))
+        self.run["earlier_stages"] = stages_of(training)
         self._t_start = time.perf_counter() - float(self.run["wall_clock_s"])
         return copied
 
@@ -357,6 +373,8 @@ class Runner:
             "command": self.command,
             **({"init_trunk_from": self.run["init_trunk_from"]}
                if self.run.get("init_trunk_from") else {}),
+            **({"earlier_stages": self.run["earlier_stages"]}
+               if self.run.get("earlier_stages") else {}),
         }
 
     def train(self, progress: bool = True) -> str:
