@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from multidistill import environments, teachers
 
@@ -39,3 +40,22 @@ def test_shipped_teacher_loads_and_matches_its_card(game):
 def test_at_least_one_shipped_teacher_is_a_dqn():
     kinds = {g: teachers.load_teacher(g).kind for g in GAMES}
     assert "q_values" in kinds.values(), kinds
+
+
+CANDIDATES = REPO / "teachers" / "candidates"
+
+
+@pytest.mark.parametrize("game", sorted(p.stem for p in CANDIDATES.glob("*.json")))
+def test_candidate_teachers_load_match_their_cards_and_list_their_stages(game):
+    """teachers/candidates/ (issue #14): loadable, card and table in step,
+    and every stage of the training on the card, frames increasing."""
+    t = teachers.load_teacher(game, CANDIDATES, environments.Preprocessing())
+    assert t.card["keras_sha256"] == teachers.sha256_of(t.path)
+    training = t.card["training"]
+    stages = training["earlier_stages"]
+    frames = [s["num_env_frames"] for s in stages] + [training["num_env_frames"]]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    ev = t.card["evaluation"]
+    assert ev["episodes"] >= 30 and ev["mean"] == pytest.approx(np.mean(ev["returns"]))
+    readme = (CANDIDATES / "README.md").read_text()
+    assert teachers.cards_table(CANDIDATES) in readme
