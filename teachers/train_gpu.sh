@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
-# Trains the three shipped teachers further, all at once, on one GPU machine
-# for a fixed wall-clock budget, starting from the teachers in teachers/
-# (`--init_from_teacher`: weights, critic, counters; DQN explores at its final
-# epsilon). Each trainer writes its teacher into a copy of teachers/ whenever
-# a periodic evaluation (8 episodes) beats the best so far (the committed
-# card's 30-episode mean to begin with); what improved is copied to $OUT with
-# the logs and curves. Re-evaluate a returned teacher over 30 episodes before
-# committing it:
-#     python -m multidistill.train_teacher --mode=evaluate --game=GAME
+# Trains teachers further on one GPU machine for a fixed wall-clock budget,
+# the chosen games all at once, each starting from the teacher in $SOURCE
+# (`--init_from_teacher`: weights, critic, counters; DQN explores at its
+# final epsilon, with an empty replay memory). Each trainer writes its
+# teacher into a copy of $SOURCE whenever a periodic evaluation (8 episodes)
+# beats the best so far (the card's score to begin with); what improved
+# comes back in $OUT as <game>.keras, with the cards, logs and curves in
+# $OUT/runs.tar.gz. Re-evaluate a returned teacher over 30 episodes before
+# committing it (teachers/candidates/README.md):
+#     python -m multidistill.train_teacher --mode=evaluate --game=GAME \
+#         --teachers_dir=teachers/candidates
 #
-#     WALL=480 OUT=/tmp/gpu_teachers bash teachers/train_gpu.sh
+#     WALL=470 OUT=/tmp/gpu_teachers bash teachers/train_gpu.sh
 #
-# Environment: WALL (training seconds per trainer, all three in parallel),
-# OUT (folder for the results), KERAS_BACKEND (default jax; torch is tried if
-# Keras cannot train on jax there), WHEELS (default .whl: a folder of wheels
-# the machine lacks, e.g. keras, ale-py, gymnasium, installed first; empty:
-# none).
+# Environment:
+#   WALL     training seconds (wall-clock) of every trainer, all in parallel
+#            (default 470; the device tool allows 600 s per command).
+#   GAMES    games to train, space-separated (default "pong freeway qbert";
+#            one game alone gets every core).
+#   SOURCE   folder of the teachers to start from (default
+#            teachers/candidates, else teachers).
+#   OUT      folder for the results (default /tmp/gpu_teachers).
+#   KERAS_BACKEND  default jax; torch is tried if Keras cannot train on jax.
+#   WHEELS   folder of wheels the machine lacks (keras, ale-py, gymnasium,
+#            namex, optree, farama-notifications), installed first
+#            (default .whl; empty: none). For the GPU machine of 2026-12
+#            (Python 3.12, JAX, no Keras, no ALE), fetched beforehand with:
+#              python3 -m pip download --no-deps --only-binary=:all: \
+#                --python-version 3.12 --implementation cp \
+#                --platform manylinux_2_28_x86_64 -d .whl keras==3.15.1 \
+#                ale-py==0.12.1 gymnasium==1.4.0 namex==0.1.0 optree==0.20.0 \
+#                farama-notifications==0.0.6
 set -u
-WALL=${WALL:-480}
+WALL=${WALL:-470}
+GAMES=${GAMES:-pong freeway qbert}
+SOURCE=${SOURCE:-$( [ -d teachers/candidates ] && echo teachers/candidates || echo teachers )}
 OUT=${OUT:-/tmp/gpu_teachers}
 WORK=${WORK:-/tmp/gpu_teachers_work}
+settings() {  # The trainer's flags of each game (those of its card's stages).
+  case $1 in
+    pong) echo "--algo=dqn --eval_every_frames=300000" ;;
+    freeway) echo "--algo=dqn --ez_mu=2 --epsilon_end=0.01 --eval_every_frames=250000" ;;
+    qbert) echo "--algo=ppo --num_envs=16 --eval_every_frames=1000000" ;;
+    *) return 1 ;;
+  esac
+}
+for game in $GAMES; do
+  settings "$game" > /dev/null || {
+    echo "GAMES: no settings for '$game' in $0 (it has pong, freeway, qbert)" >&2; exit 2; }
+  [ -f "$SOURCE/$game.keras" ] || { echo "SOURCE: no $SOURCE/$game.keras" >&2; exit 2; }
+done
 mkdir -p "$OUT"
-rm -rf "$WORK" && mkdir -p "$WORK" && cp -r teachers "$WORK/teachers"
+rm -rf "$WORK" && mkdir -p "$WORK/teachers" && cp "$SOURCE"/*.keras "$SOURCE"/*.json "$WORK/teachers/"
+echo "from $SOURCE: $GAMES, $WALL s each"
 WHEELS=${WHEELS-.whl}
 if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -63,23 +94,28 @@ train() {  # game, then flags
     --num_env_frames=200000000 --final_eval_episodes=0 "$@" > "$WORK/$game.log" 2>&1
   echo "$game exit $? after $SECONDS s" >> "$WORK/status.txt"
 }
-train pong --algo=dqn --eval_every_frames=300000 --num_threads=4 &
-P1=$!
-train freeway --algo=dqn --ez_mu=2 --epsilon_end=0.01 --eval_every_frames=250000 \
-  --num_threads=4 &
-P2=$!
-train qbert --algo=ppo --num_envs=16 --eval_every_frames=1000000 --num_threads=6 &
-P3=$!
-wait $P1 $P2 $P3
+NGAMES=$(echo $GAMES | wc -w)
+CORES=$(nproc)
+PIDS=""
+for game in $GAMES; do
+  # shellcheck disable=SC2086
+  train "$game" $(settings "$game") --num_threads=$(( CORES / NGAMES > 1 ? CORES / NGAMES - 1 : 1 )) &
+  PIDS="$PIDS $!"
+done
+# shellcheck disable=SC2086
+wait $PIDS
 kill $SMI 2>/dev/null
 cat "$WORK/status.txt"
 
-for game in pong freeway qbert; do
+LOGS=""
+for game in $GAMES; do
+  LOGS="$LOGS $game.log"
   grep -E "frames: eval|resuming|initialised|Error|error" "$WORK/$game.log" | tail -40
-  if ! cmp -s "teachers/$game.keras" "$WORK/teachers/$game.keras"; then
+  if ! cmp -s "$SOURCE/$game.keras" "$WORK/teachers/$game.keras"; then
     cp "$WORK/teachers/$game.keras" "$OUT/$game.keras"
   fi
 done
-(cd "$WORK" && tar czf "$OUT/runs.tar.gz" smoke.log status.txt nvidia_smi.csv pong.log freeway.log qbert.log \
+# shellcheck disable=SC2086
+(cd "$WORK" && tar czf "$OUT/runs.tar.gz" smoke.log status.txt nvidia_smi.csv $LOGS \
   teachers/*.json run_*/metrics.jsonl run_*/learning_curve.png)
 ls -la "$OUT"
