@@ -6,6 +6,12 @@
 #
 # Every run resumes from its checkpoint, so the script can be rerun after an
 # interruption; the last step writes benchmarks/transfer/transfer.md.
+#
+# Environment: GAME, ALGO, FRAMES (per run), SEEDS; RUNS (checkpoint
+# folders); TRUNK (the student whose trunk starts the trunk runs; default the
+# main job's, which is trained first if missing); PARALLEL (runs at once,
+# default 1; on a many-core machine, e.g. PARALLEL=4 on 16 cores, each run
+# gets an equal share of the emulator threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GAME=${GAME:-boxing}
@@ -13,21 +19,36 @@ ALGO=${ALGO:-ppo}
 FRAMES=${FRAMES:-2000000}
 SEEDS=${SEEDS:-"0 1"}
 RUNS=${RUNS:-$HOME/.cache/multidistill/teacher_runs}
-BASE=runs/pong-qbert-freeway_kl_dqn_default_seed0
-[ -f "$BASE/student.keras" ] || python train.py --games=pong,qbert,freeway
-scratch=() trunk=()
+PARALLEL=${PARALLEL:-1}
+TRUNK=${TRUNK:-runs/pong-qbert-freeway_kl_dqn_default_seed0/student.keras}
+[ -f "$TRUNK" ] || python train.py --games=pong,qbert,freeway
+THREADS=0  # One run at a time: every core.
+[ "$PARALLEL" -gt 1 ] && THREADS=$(( $(nproc) / PARALLEL > 1 ? $(nproc) / PARALLEL : 1 ))
+scratch=() trunk=() pids=()
 for seed in $SEEDS; do
     for start in scratch trunk; do
         ck="$RUNS/${GAME}_${start}_s$seed"
-        extra=()
-        [ "$start" = trunk ] && extra=(--init_trunk_from="$BASE/student.keras")
-        python -m multidistill.train_teacher --game="$GAME" --algo="$ALGO" \
-            --num_env_frames="$FRAMES" --eval_every_frames=250000 --eval_episodes=8 \
-            --final_eval_episodes=0 --seed="$seed" --checkpoint_dir="$ck" \
-            --teachers_dir="$ck/teacher" "${extra[@]}"
+        args=(--game="$GAME" --algo="$ALGO" --num_env_frames="$FRAMES"
+              --eval_every_frames=250000 --eval_episodes=8 --final_eval_episodes=0
+              --seed="$seed" --checkpoint_dir="$ck" --teachers_dir="$ck/teacher"
+              --num_threads="$THREADS")
+        [ "$start" = trunk ] && args+=(--init_trunk_from="$TRUNK")
         if [ "$start" = scratch ]; then scratch+=("$ck"); else trunk+=("$ck"); fi
+        if [ "$PARALLEL" -le 1 ]; then
+            python -m multidistill.train_teacher "${args[@]}"
+            continue
+        fi
+        mkdir -p "$ck"
+        echo "started $ck (log: $ck/train.log)"
+        python -m multidistill.train_teacher "${args[@]}" >> "$ck/train.log" 2>&1 &
+        pids+=($!)
+        if [ "${#pids[@]}" -ge "$PARALLEL" ]; then
+            wait "${pids[0]}"  # A failed run stops the script (set -e).
+            pids=("${pids[@]:1}")
+        fi
     done
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 python -m benchmarks.transfer_compare --game="$GAME" --output_dir=benchmarks/transfer \
     --scratch="$(IFS=,; echo "${scratch[*]}")" --trunk="$(IFS=,; echo "${trunk[*]}")" \
     --from_script
