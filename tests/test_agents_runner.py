@@ -202,23 +202,68 @@ def test_a_ppo_run_exports_its_teacher_with_the_critic(tmp_path, fakes):
 
 
 def test_hardware_names_the_accelerators(monkeypatch):
-    assert runner.accelerators() == []  # This machine (and CI's) has none.
-    cpu_only = runner.hardware()
-    assert cpu_only.endswith(f"cores, {platform.system()}, keras backend "
-                             f"{keras.backend.backend()}")
-    monkeypatch.setattr(runner, "accelerators", lambda: ["NVIDIA H200", "NVIDIA H200"])
-    assert runner.hardware() == cpu_only + ", 2 x NVIDIA H200"
+    """Each backend's own device list, faked: the GPUs are named, CPUs not."""
+    import jax
+    import tensorflow as tf
+
+    class Device:
+        def __init__(self, platform, kind):
+            self.platform, self.device_kind, self.name = platform, kind, kind
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax, "devices", lambda: [Device("gpu", "NVIDIA H200")] * 2)
+    assert runner.accelerators() == ["NVIDIA H200", "NVIDIA H200"]
+    assert runner.hardware() == (f"{platform.machine()} {os.cpu_count()} cores, "
+                                 f"{platform.system()}, keras backend jax, 2 x NVIDIA H200")
+    monkeypatch.setattr(jax, "devices", lambda: [Device("cpu", "cpu")])
+    assert runner.accelerators() == []
+    assert runner.hardware().endswith("keras backend jax")
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind: [Device("gpu", "/physical_device:GPU:0")])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda d: {"device_name": "NVIDIA A100"})
+    assert runner.accelerators() == ["NVIDIA A100"]
+
+    def broken():
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax, "devices", broken)
+    assert runner.accelerators() == []  # A card's wording never fails a run.
+
+
+def test_a_run_from_a_teacher_keeps_its_stages_through_a_checkpoint(tmp_path):
+    exporter = _agent()
+    exporter.agent_steps = 64
+    first = runner.Runner(exporter, "dqn", "pong", SPEC, CONFIG, tmp_path / "t", tmp_path / "a",
+                          command="first")
+    teachers.save_teacher(exporter.teacher_model, "pong", "q_values", SPEC, tmp_path / "t",
+                          training=first.training_card())
+    run = runner.Runner(_agent(), "dqn", "pong", SPEC, CONFIG, tmp_path / "t", tmp_path / "b",
+                        command="second")
+    run.start_from_teacher(teachers.load_teacher("pong", tmp_path / "t", SPEC))
+    run.save_checkpoint()
+    resumed = runner.Runner(_agent(), "dqn", "pong", SPEC, CONFIG, tmp_path / "t",
+                            tmp_path / "b", command="second")
+    assert resumed.restore()
+    card = resumed.training_card()
+    assert [(s["command"], s["num_env_frames"]) for s in card["earlier_stages"]] == [
+        ("first", 64 * 4)]
+    assert card["command"] == "second" and card["num_env_frames"] == 64 * 4
 
 
 def test_stages_of_a_card_lists_earlier_stages_then_its_own_run():
     first = {"algorithm": "dqn", "num_env_frames": 100, "wall_clock_s": 5.0,
-             "hardware": "cpu", "command": "a", "history": "h", "config": {"x": 1}}
+             "hardware": "cpu", "command": "a", "history": "h", "config": {"x": 1},
+             "imported_from": {"format": "sb3"}}
     second = dict(first, num_env_frames=300, hardware="gpu", command="b",
                   earlier_stages=runner.stages_of(first))
-    del second["history"]
+    del second["history"], second["imported_from"]
     assert runner.stages_of({}) == []
     assert runner.stages_of(second) == [
         {"algorithm": "dqn", "num_env_frames": 100, "wall_clock_s": 5.0, "hardware": "cpu",
-         "command": "a", "history": "h"},
+         "command": "a", "history": "h", "imported_from": {"format": "sb3"}},
         {"algorithm": "dqn", "num_env_frames": 300, "wall_clock_s": 5.0, "hardware": "gpu",
          "command": "b"}]

@@ -119,15 +119,24 @@ def make_agent(algo: str, game: str, num_actions: int, spec: environments.Prepro
                        seed=seed)
 
 
-STAGE_FIELDS = ("algorithm", "num_env_frames", "wall_clock_s", "hardware", "command", "history")
+STAGE_FIELDS = ("algorithm", "num_env_frames", "wall_clock_s", "hardware", "command", "history",
+                "imported_from", "init_trunk_from")
 
 
 def stages_of(training: dict) -> list[dict]:
     """A teacher's training stages, oldest first, from its card's `training`
     section: the stages it lists (`earlier_stages`), then the run that
-    exported it (its frames, wall-clock, hardware, command). A run started
-    from that teacher (`--init_from_teacher`) records them as its own
-    `earlier_stages`, so a card says where every frame was trained."""
+    exported it (its frames, wall-clock, hardware, command, and where it
+    started: an imported file or a student's trunk). A run started from that
+    teacher (`--init_from_teacher`) records them as its own
+    `earlier_stages`, so a card says where every frame was trained.
+
+    A stage's `num_env_frames` and `wall_clock_s` are running totals when
+    it went on from a teacher of its own algorithm (the runner carries the
+    counters on), not the stage's own share: the last stage's figures are
+    the teacher's totals, and a stage's share is its figure minus the one
+    before.
+    """
     stages = [dict(stage) for stage in training.get("earlier_stages") or []]
     if training:
         stages.append({k: training[k] for k in STAGE_FIELDS if k in training})
@@ -192,7 +201,9 @@ class Runner:
       run: the run's counters, checkpointed: `wall_clock_s` (training time
         so far, evaluations included), `best_eval` (mean return of the best
         evaluation, the teacher on disk; None before any),
-        `last_eval_frames` (emulator frames at the last evaluation).
+        `last_eval_frames` (emulator frames at the last evaluation), and
+        where the run started: `earlier_stages` (`stages_of` the teacher of
+        `start_from_teacher`) or `init_trunk_from` (`start_from_trunk`).
     """
 
     def __init__(self, agent: base.Agent, algo: str, game: str,
