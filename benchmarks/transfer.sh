@@ -20,11 +20,19 @@ FRAMES=${FRAMES:-2000000}
 SEEDS=${SEEDS:-"0 1"}
 RUNS=${RUNS:-$HOME/.cache/multidistill/teacher_runs}
 PARALLEL=${PARALLEL:-1}
-TRUNK=${TRUNK:-runs/pong-qbert-freeway_kl_dqn_default_seed0/student.keras}
-[ -f "$TRUNK" ] || python train.py --games=pong,qbert,freeway
+MAIN_JOB_STUDENT=runs/pong-qbert-freeway_kl_dqn_default_seed0/student.keras
+TRUNK=${TRUNK:-$MAIN_JOB_STUDENT}  # Relative paths are from the checkout's root.
+[[ "$PARALLEL" =~ ^[1-9][0-9]*$ ]] || { echo "PARALLEL: expected a whole number >= 1 (runs at once), found '$PARALLEL'" >&2; exit 2; }
+if [ ! -f "$TRUNK" ]; then
+    [ "$TRUNK" = "$MAIN_JOB_STUDENT" ] || { echo "TRUNK: no file $TRUNK (from $(pwd))" >&2; exit 2; }
+    python train.py --games=pong,qbert,freeway
+fi
 THREADS=0  # One run at a time: every core.
 [ "$PARALLEL" -gt 1 ] && THREADS=$(( $(nproc) / PARALLEL > 1 ? $(nproc) / PARALLEL : 1 ))
-scratch=() trunk=() pids=()
+scratch=() trunk=() running=0
+# A failed run (or Ctrl-C) stops the others too: a rerun resumes them all,
+# and two trainers must never share a checkpoint folder.
+trap 'jobs -p | xargs -r kill 2>/dev/null' EXIT
 for seed in $SEEDS; do
     for start in scratch trunk; do
         ck="$RUNS/${GAME}_${start}_s$seed"
@@ -38,17 +46,17 @@ for seed in $SEEDS; do
             python -m multidistill.train_teacher "${args[@]}"
             continue
         fi
+        if [ "$running" -ge "$PARALLEL" ]; then
+            wait -n  # A run ended: a failed one stops the script (set -e).
+            running=$((running - 1))
+        fi
         mkdir -p "$ck"
         echo "started $ck (log: $ck/train.log)"
         python -m multidistill.train_teacher "${args[@]}" >> "$ck/train.log" 2>&1 &
-        pids+=($!)
-        if [ "${#pids[@]}" -ge "$PARALLEL" ]; then
-            wait "${pids[0]}"  # A failed run stops the script (set -e).
-            pids=("${pids[@]:1}")
-        fi
+        running=$((running + 1))
     done
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
+while [ "$running" -gt 0 ]; do wait -n; running=$((running - 1)); done
 python -m benchmarks.transfer_compare --game="$GAME" --output_dir=benchmarks/transfer \
     --scratch="$(IFS=,; echo "${scratch[*]}")" --trunk="$(IFS=,; echo "${trunk[*]}")" \
     --from_script
