@@ -16,8 +16,8 @@
 # Environment:
 #   WALL     training seconds (wall-clock) of every trainer, all in parallel
 #            (default 470; the device tool allows 600 s per command).
-#   GAMES    games to train, space-separated (default "pong freeway qbert";
-#            one game alone gets every core).
+#   GAMES    games to train, space-separated (default "pong freeway qbert");
+#            the cores but one are split evenly between them.
 #   SOURCE   folder of the teachers to start from (default
 #            teachers/candidates, else teachers).
 #   OUT      folder for the results (default /tmp/gpu_teachers).
@@ -45,13 +45,21 @@ settings() {  # The trainer's flags of each game (those of its card's stages).
     *) return 1 ;;
   esac
 }
+[[ "$WALL" =~ ^[1-9][0-9]*$ ]] || { echo "WALL: expected seconds (a whole number), found '$WALL'" >&2; exit 2; }
+[ -n "${GAMES// }" ] || { echo "GAMES: empty; expected e.g. 'pong freeway qbert'" >&2; exit 2; }
 for game in $GAMES; do
   settings "$game" > /dev/null || {
     echo "GAMES: no settings for '$game' in $0 (it has pong, freeway, qbert)" >&2; exit 2; }
-  [ -f "$SOURCE/$game.keras" ] || { echo "SOURCE: no $SOURCE/$game.keras" >&2; exit 2; }
+  for f in "$SOURCE/$game.keras" "$SOURCE/$game.json"; do
+    [ -f "$f" ] || { echo "SOURCE: no $f" >&2; exit 2; }
+  done
 done
+if [ -n "${WHEELS+set}" ] && [ -n "$WHEELS" ] && [ ! -d "$WHEELS" ]; then
+  echo "WHEELS: no folder $WHEELS" >&2; exit 2
+fi
 mkdir -p "$OUT"
-rm -rf "$WORK" && mkdir -p "$WORK/teachers" && cp "$SOURCE"/*.keras "$SOURCE"/*.json "$WORK/teachers/"
+rm -rf "$WORK" && mkdir -p "$WORK/teachers" && cp "$SOURCE"/*.keras "$SOURCE"/*.json "$WORK/teachers/" \
+  || exit 1
 echo "from $SOURCE: $GAMES, $WALL s each"
 WHEELS=${WHEELS-.whl}
 if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
@@ -63,7 +71,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 
 smoke() {
-  timeout 180 python3 - <<'EOF'
+  timeout 90 python3 - <<'EOF'
 import time, numpy as np, keras
 t = time.time()
 m = keras.Sequential([keras.Input((4, 84, 84)), keras.layers.Flatten(), keras.layers.Dense(6)])
@@ -79,7 +87,7 @@ EOF
 { date; nvidia-smi -L; smoke; } > "$WORK/smoke.log" 2>&1 || {
   echo "keras on $KERAS_BACKEND failed; trying torch" >> "$WORK/smoke.log"
   export KERAS_BACKEND=torch
-  smoke >> "$WORK/smoke.log" 2>&1
+  smoke >> "$WORK/smoke.log" 2>&1 || { cat "$WORK/smoke.log"; echo "Keras cannot train here" >&2; exit 1; }
 }
 cat "$WORK/smoke.log"
 
@@ -89,11 +97,14 @@ SMI=$!
 
 train() {  # game, then flags
   local game=$1; shift
-  timeout -s TERM -k 60 "$WALL" python3 -m multidistill.train_teacher --game="$game" \
+  # SIGTERM at WALL: the trainer checkpoints at the end of its iteration and
+  # exits 130 (kept by --preserve-status); SIGKILL 60 s later if it has not.
+  timeout --preserve-status -s TERM -k 60 "$WALL" python3 -m multidistill.train_teacher --game="$game" \
     --init_from_teacher --teachers_dir="$WORK/teachers" --checkpoint_dir="$WORK/run_$game" \
     --num_env_frames=200000000 --final_eval_episodes=0 "$@" > "$WORK/$game.log" 2>&1
-  echo "$game exit $? after $SECONDS s" >> "$WORK/status.txt"
+  echo "$game exit $? after $((SECONDS - T0)) s of training" >> "$WORK/status.txt"
 }
+T0=$SECONDS
 NGAMES=$(echo $GAMES | wc -w)
 CORES=$(nproc)
 PIDS=""
