@@ -17,7 +17,8 @@
 #   WALL     training seconds (wall-clock) of every trainer, all in parallel
 #            (default 470; the device tool allows 600 s per command).
 #   GAMES    games to train, space-separated (default "pong freeway qbert");
-#            the cores but one are split evenly between them.
+#            each trainer gets cores / games - 1 emulator threads (the
+#            remaining core runs its Python loop).
 #   SOURCE   folder of the teachers to start from (default
 #            teachers/candidates, else teachers).
 #   OUT      folder for the results (default /tmp/gpu_teachers).
