@@ -21,6 +21,9 @@ SIZES=(net3 tiny)
 # Runs and datasets are named by the teacher's budget: a longer run ships
 # another teacher, which needs its own dataset and students.
 TAG=$FRAMES
+# The shipped teacher is played once for all four evaluations (same seeds,
+# so every ratio stays paired).
+TC="runs/realtime_teacher_episodes_$TAG.json"
 python -m multidistill.train_teacher --game=pong --algo=dqn --num_env_frames="$FRAMES" \
     --eval_every_frames=250000 --eval_episodes=8 --final_eval_episodes=30 \
     --distill_into=net3,tiny --teachers_dir="$TEACHERS" --checkpoint_dir="$CK"
@@ -28,10 +31,11 @@ for size in "${SIZES[@]}"; do
     [ -f "runs/realtime_ttd_${size}_$TAG/report.json" ] || python train.py --games=pong \
         --teachers_dir="$TEACHERS" --datasets_dir="datasets/realtime_$TAG" \
         --student_size="$size" --run_dir="runs/realtime_ttd_${size}_$TAG" --eval_episodes=30 \
-        --novideos
+        --novideos --teacher_cache="$TC"
     [ -f "runs/realtime_rt_${size}_$TAG/report.json" ] || python -m multidistill.evaluate \
         --student="$CK/realtime/$size/student.keras" --teachers_dir="$TEACHERS" \
-        --eval_episodes=30 --output_dir="runs/realtime_rt_${size}_$TAG" --novideos
+        --eval_episodes=30 --output_dir="runs/realtime_rt_${size}_$TAG" --novideos \
+        --teacher_cache="$TC"
 done
 python -m benchmarks.realtime_compare --checkpoint_dir="$CK" --teachers_dir="$TEACHERS" \
     --ttd_runs="net3:runs/realtime_ttd_net3_$TAG,tiny:runs/realtime_ttd_tiny_$TAG" \
