@@ -239,20 +239,31 @@ def test_realtime_comparison_against_hand_computed_times(tmp_path):
 
     def entry(frames, seconds, teacher, tiny):
         return {"frames": frames, "wall_clock_s": seconds, "teacher": {"mean": teacher},
-                "students": {"tiny": {"mean": tiny}}, "student_grad_steps": 100,
+                "students": {"tiny": {"mean": tiny}, "net3": {"mean": -21.0}},
+                "student_grad_steps": 100,
                 "distill_seconds": 400.0, "student_eval_seconds": 100.0}
 
     (ck / "realtime" / "evaluations.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
         entry(250_000, 1000.0, 5.0, 2.0), entry(500_000, 2000.0, 10.0, 9.5),
         entry(1_000_000, 3000.0, 10.0, 10.0)]))
-    run = tmp_path / "ttd"
-    run.mkdir()
-    game = {"student": {"mean": 9.8, "ci": [9.0, 10.5]}, "student_percent_of_teacher": 98.0,
-            "student_percent_of_teacher_ci": [90.0, 105.0]}
-    (run / "report.json").write_text(json.dumps({
-        "games": {"pong": game}, "datasets": {"pong": {"num_agent_steps": 100_000}},
-        "timing": {"build_seconds": 200.0, "distill_seconds": 300.0}}))
-    result = realtime_compare.compare(ck, teachers_dir, "pong", {"tiny": str(run)}, {})
+    def ttd_run(name, build_seconds, distill_seconds):
+        run = tmp_path / name
+        run.mkdir()
+        game = {"student": {"mean": 9.8, "ci": [9.0, 10.5]}, "student_percent_of_teacher": 98.0,
+                "student_percent_of_teacher_ci": [90.0, 105.0]}
+        (run / "report.json").write_text(json.dumps({
+            "games": {"pong": game},
+            "datasets": {"pong": {"path": "d/pong.h5", "num_agent_steps": 100_000}},
+            "timing": {"build_seconds": build_seconds, "distill_seconds": distill_seconds}}))
+        return str(run)
+
+    # net3 reused the dataset tiny's run recorded: it is charged tiny's 200 s.
+    result = realtime_compare.compare(
+        ck, teachers_dir, "pong",
+        {"tiny": ttd_run("ttd", 200.0, 300.0), "net3": ttd_run("ttd3", 0.4, 350.0)}, {})
+    net3 = result["sizes"]["net3"]
+    assert net3["train_then_distill"]["wall_clock_s"] == 2500 + 200 + 350
+    assert net3["realtime"] is None and "ratio_wall_clock" not in net3
     row = result["sizes"]["tiny"]
     # 90 % of the way from random (-20.7) to 10: 6.93; 9.5 first at 500,000 frames.
     assert result["target"] == pytest.approx(-20.7 + 0.9 * 30.7)
@@ -265,8 +276,26 @@ def test_realtime_comparison_against_hand_computed_times(tmp_path):
     assert row["ratio_frames"] == 500_000 / 1_400_000
     text = realtime_compare.markdown(result, "cmd")
     assert "| tiny | 500,000 | 33.3 | 1,400,000 | 50.0 | 0.67 | 0.36 |" in text
-    assert "9.8 [9.0, 10.5] (98.0 [90.0, 105.0] %)" in text
+    # (9.8 + 20.7) / 30.7 = 99.3 % of the way from random to the teacher.
+    assert "9.8 [9.0, 10.5] (98.0 [90.0, 105.0] % of teacher; 99 % from random)" in text
     assert realtime_compare.plot(result, tmp_path / "c.png").exists()
+
+    # A teacher below 0 has no plain %: the table still comes, with the
+    # share of the way from random alone; a student never at 90 % has no ratio.
+    (teachers_dir / "pong.json").write_text(json.dumps(
+        {"evaluation": {"mean": -14.6, "ci": [-16.0, -13.1], "episodes": 30}}))
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    (rt / "report.json").write_text(json.dumps({"games": {"pong": {
+        "student": {"mean": -20.0, "ci": [-20.3, -19.7]}, "student_percent_of_teacher": None,
+        "student_percent_of_teacher_ci": None}}}))
+    entries = [entry(250_000, 1000.0, -20.0, -21.0), entry(500_000, 2000.0, -15.0, -20.4)]
+    (ck / "realtime" / "evaluations.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in entries))
+    result = realtime_compare.compare(ck, teachers_dir, "pong", {}, {"tiny": str(rt)})
+    text = realtime_compare.markdown(result, "cmd")
+    # (-20.0 + 20.7) / (-14.6 + 20.7) = 11.5 %.
+    assert "| tiny | not reached | - | - | - | - | - | -20.0 [-20.3, -19.7] (11 % from random) | - |" in text
 
 
 def test_transfer_comparison_frames_to_threshold(tmp_path):
