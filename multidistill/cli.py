@@ -724,6 +724,12 @@ def define_teacher_training_flags():
                        "With --distill_into: the students' Adam step size (a tenth of "
                        "offline distillation's: at 2.5e-4 the students' trunk died on "
                        "the labels of a DQN in its first updates).")
+    flags.DEFINE_integer("distill_start_frames", realtime.start_frames,
+                         "With --distill_into: emulator frames the teacher plays before the "
+                         "students take their first step (0: from its first update).")
+    flags.DEFINE_integer("distill_recent_steps", realtime.recent_steps,
+                         "With --distill_into: agent steps (the latest) of a DQN's replay "
+                         "memory the students' states come from (0: the whole memory).")
     define_preprocessing_flags()
     define_verbose_flag()
 
@@ -749,9 +755,12 @@ def realtime_config_from_flags(seed: int = 0):
         sizes=tuple(s.strip() for s in FLAGS.distill_into),
         steps_per_update=FLAGS.distill_steps_per_update,
         batch_size=FLAGS.distill_batch_size,
-        learning_rate=FLAGS.distill_learning_rate, seed=seed),
+        learning_rate=FLAGS.distill_learning_rate,
+        start_frames=FLAGS.distill_start_frames, recent_steps=FLAGS.distill_recent_steps,
+        seed=seed),
         {"sizes": "distill_into", "steps_per_update": "distill_steps_per_update",
-         "batch_size": "distill_batch_size", "learning_rate": "distill_learning_rate"})
+         "batch_size": "distill_batch_size", "learning_rate": "distill_learning_rate",
+         "start_frames": "distill_start_frames", "recent_steps": "distill_recent_steps"})
 
 
 def _teacher_config_from_flags(config_class, names):

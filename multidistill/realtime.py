@@ -79,6 +79,15 @@ class RealtimeConfig:
       feature_beta: weight of Actor-Mimic's feature regression (0: off).
       head_units: units of the student's head layer (0: none, so that a
         student is the teacher's network at its size).
+      start_frames: the students take their first step once the teacher has
+        played this many emulator frames; the teacher's gradient steps before
+        then pay for none (0: from its first update). A DQN's labels in its
+        first updates are state-independent and change fast; students that
+        chase them lose their trunk (benchmarks/realtime/first_run.md).
+      recent_steps: > 0: states come from the teacher's latest this many
+        agent steps of replay, close to its current policy's distribution
+        (what offline distillation records); 0: from the whole replay memory,
+        as the teacher's own batches (PPO's rollouts are always its latest).
       seed: seeds the students' initial weights and the sampling of states.
     """
 
@@ -90,6 +99,8 @@ class RealtimeConfig:
     temperature: float | None = None
     feature_beta: float = 0.0
     head_units: int = 0
+    start_frames: int = 0
+    recent_steps: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -111,6 +122,10 @@ class RealtimeConfig:
             raise ValueError(f"temperature must be > 0, found {self.temperature}")
         if self.head_units < 0:
             raise ValueError(f"head_units must be >= 0, found {self.head_units}")
+        if self.start_frames < 0:
+            raise ValueError(f"start_frames must be >= 0, found {self.start_frames}")
+        if self.recent_steps < 0:
+            raise ValueError(f"recent_steps must be >= 0, found {self.recent_steps}")
         objectives.Distillation(policy_loss=self.policy_loss, feature_beta=self.feature_beta)
 
     def to_dict(self) -> dict:
@@ -121,6 +136,13 @@ class RealtimeConfig:
         d = self.to_dict()
         d.pop("sizes")
         return d
+
+    @classmethod
+    def saved_identity(cls, saved: dict) -> dict:
+        """A checkpoint's `identity()`, with the defaults of settings added
+        since it was written."""
+        defaults = cls(sizes=("tiny",)).identity()
+        return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
 
 
 def labeller(teacher_model):
@@ -160,6 +182,7 @@ class RealtimeDistillation:
             policy_loss=config.policy_loss, temperatures=(tau,),
             feature_beta=config.feature_beta)
         self._labeller = None
+        self._agent = None  # The teacher's agent, once a record was seen.
         self.students: dict[str, tuple] = {}
         self._num_actions = int(num_actions)
         self.counters = {"grad_steps": 0, "credit": 0.0, "distill_seconds": 0.0,
@@ -215,10 +238,11 @@ class RealtimeDistillation:
             if not ckpt.exists():
                 continue
             saved = checkpoints.read_state(ckpt)
-            if saved.get("realtime") != json.loads(json.dumps(self.config.identity())):
+            settings = RealtimeConfig.saved_identity(saved.get("realtime") or {})
+            if settings != json.loads(json.dumps(self.config.identity())):
                 raise checkpoints.CheckpointError(
                     f"real-time student {ckpt} was distilled with other settings "
-                    f"({saved.get('realtime')}, asked {self.config.identity()}): use "
+                    f"({settings}, asked {self.config.identity()}): use "
                     "the same --distill_* flags, or delete that folder")
             saved = checkpoints.restore(ckpt, student, optimizer)
             self.counters = dict(self.counters, **saved["counters"])
@@ -243,6 +267,9 @@ class RealtimeDistillation:
           The gradient steps each student took.
         """
         c = self.config
+        self._agent = agent
+        if record.num_env_frames < c.start_frames:
+            return 0
         self.counters["credit"] += record.num_gradient_steps * c.steps_per_update
         n = int(math.floor(self.counters["credit"]))
         if n < 1:
@@ -250,7 +277,7 @@ class RealtimeDistillation:
         t0 = time.perf_counter()
         done, losses = 0, {size: [] for size in self.students}
         for _ in range(n):
-            frames = agent.experience(c.batch_size, self.rng)
+            frames = agent.experience(c.batch_size, self.rng, c.recent_steps)
             if frames is None:  # Nothing to sample yet: the credit is dropped.
                 break
             x, y = self.labelled_batch(frames)
@@ -274,6 +301,27 @@ class RealtimeDistillation:
 
     # -- evaluation ----------------------------------------------------------
 
+    def agreement(self, frames: np.ndarray) -> dict[str, float]:
+        """Each student's top-1 agreement with the current teacher on `frames`:
+        the share of states where both pick the same action."""
+        teacher = np.argmax(np.asarray(self._labeller.predict_on_batch(frames)[0]), axis=1)
+        out = {}
+        for size, (student, _) in self.students.items():
+            predict = evaluation.predict_fn(student.policy_network(self.game))
+            out[size] = float(np.mean(np.argmax(np.asarray(predict(frames)), axis=1)
+                                      == teacher))
+        return out
+
+    def experience_agreement(self, frames: int) -> dict[str, float]:
+        """`agreement` on AGREEMENT_STATES states of the teacher's experience
+        (from where the students sample), drawn with a generator of their own
+        (so the students' batches do not depend on it); empty before any."""
+        if self._agent is None:
+            return {}
+        rng = np.random.default_rng([self.config.seed, int(frames)])
+        states = self._agent.experience(AGREEMENT_STATES, rng, self.config.recent_steps)
+        return {} if states is None else self.agreement(states)
+
     def evaluate(self, protocol: evaluation.EvalProtocol) -> dict[str, evaluation.Scores]:
         """Every student's scores under `protocol`, acting by the teacher's rule."""
         t0 = time.perf_counter()
@@ -294,9 +342,11 @@ class RealtimeDistillation:
           A one-line summary for the console.
         """
         scores = self.evaluate(protocol)
+        agreement = self.experience_agreement(frames)
         entry = {"frames": int(frames), "wall_clock_s": round(float(wall_clock_s), 1),
                  "teacher": teacher_scores.to_dict(),
                  "students": {size: s.to_dict() for size, s in scores.items()},
+                 "agreement": agreement,
                  "student_grad_steps": self.counters["grad_steps"],
                  "distill_seconds": round(self.counters["distill_seconds"], 1),
                  "student_eval_seconds": round(self.counters["eval_seconds"], 1)}
@@ -315,9 +365,14 @@ class RealtimeDistillation:
                 pct = percent_of(s.mean, teacher_scores.mean)
                 if pct is not None:
                     scalars[f"realtime/{size}/percent_of_teacher"] = pct
+                if size in agreement:
+                    scalars[f"realtime/{size}/agreement"] = agreement[size]
             writer.scalars(frames, scalars)
         self.write_report(entries)
-        return "students " + ", ".join(f"{size} {s.mean:.1f}" for size, s in scores.items())
+        return "students " + ", ".join(
+            f"{size} {s.mean:.1f}" + (f" ({100 * agreement[size]:.0f} % agree)"
+                                      if size in agreement else "")
+            for size, s in scores.items())
 
     def write_report(self, entries: list[dict]) -> None:
         """`report.md` and `curves.png` from the evaluations so far."""
@@ -326,6 +381,9 @@ class RealtimeDistillation:
                                 report_markdown(entries, sizes, self.game))
         plot_curves(self.directory.parent / "metrics.jsonl", sizes,
                     self.directory / "curves.png")
+
+
+AGREEMENT_STATES = 1024  # States of the teacher's experience per agreement check.
 
 
 def percent_of(student: float, teacher: float) -> float | None:
@@ -352,12 +410,18 @@ def first_reaching(entries: Sequence[dict], size: str, threshold: float) -> dict
 
 
 def report_markdown(entries: Sequence[dict], sizes: Sequence[str], game: str) -> str:
-    head = "| frames | wall-clock (min) | teacher | " + " | ".join(
-        f"{size} (% of teacher)" for size in sizes) + " |"
+    agree = any(e.get("agreement") for e in entries)
+    columns = (["frames", "wall-clock (min)", "teacher"]
+               + [f"{size} (% of teacher)" for size in sizes]
+               + [f"{size}: top-1 agreement" for size in sizes if agree])
+    head = "| " + " | ".join(columns) + " |"
     lines = [f"# Real-time distillation on {game}", "",
              "Each row is an evaluation under the project's protocol (mean return over "
-             "its episodes); the % is of the teacher evaluated at the same moment.", "",
-             head, "|" + "---|" * (3 + len(sizes))]
+             "its episodes); the % is of the teacher evaluated at the same moment."
+             + (f" Agreement: the share of {AGREEMENT_STATES:,} states of the teacher's "
+                "experience (where the students sample) on which a student picks the "
+                "teacher's action." if agree else ""), "",
+             head, "|" + "---|" * len(columns)]
     for e in entries:
         t = e["teacher"]["mean"]
         cells = []
@@ -368,6 +432,9 @@ def report_markdown(entries: Sequence[dict], sizes: Sequence[str], game: str) ->
                 continue
             pct = percent_of(s["mean"], t)
             cells.append(f"{s['mean']:.1f}" + (f" ({pct:.0f} %)" if pct is not None else ""))
+        if agree:
+            a = e.get("agreement") or {}
+            cells += [f"{100 * a[size]:.0f} %" if size in a else "-" for size in sizes]
         lines.append(f"| {e['frames']:,} | {e['wall_clock_s'] / 60:.1f} | {t:.1f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -51,6 +51,12 @@ def test_replay_memory_rebuilds_stacks_within_episodes():
     t, s = mem.sample_indices(500, np.random.default_rng(0))
     assert not np.any((t == 5) & (s == 0))
     assert t.min() >= 0 and t.max() <= 10 - 1 - 2
+    # The latest 3 sampleable entries only (t = 5..7), the reset step still not.
+    t, s = mem.sample_indices(500, np.random.default_rng(1), recent=3)
+    assert set(zip(t.tolist(), s.tolist())) == {(5, 1), (6, 0), (6, 1), (7, 0), (7, 1)}
+    # More than the memory holds: all of it.
+    t, _ = mem.sample_indices(500, np.random.default_rng(2), recent=100)
+    assert (t.min(), t.max()) == (0, 7)
 
     # Past the capacity the oldest entries go, and stacks stay right, also
     # across the wrap of the circular memory (t=16 lies at index 0, so the

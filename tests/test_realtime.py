@@ -92,6 +92,9 @@ def test_students_step_with_the_teacher_are_evaluated_and_resume_with_it(tmp_pat
     assert entries[0]["teacher"]["mean"] == 2.0
     assert {s: v["mean"] for s, v in entries[0]["students"].items()} == {"tiny": 3.0,
                                                                          "net3": 4.0}
+    # Each student's agreement with the teacher on states of its replay.
+    assert set(entries[0]["agreement"]) == {"tiny", "net3"}
+    assert all(0.0 <= a <= 1.0 for a in entries[0]["agreement"].values())
 
     # A new process: the same command resumes the students with their teacher.
     agent2 = _agent()
@@ -112,6 +115,7 @@ def test_students_step_with_the_teacher_are_evaluated_and_resume_with_it(tmp_pat
     assert entries[1]["teacher"]["mean"] == 5.0 and entries[1]["students"]["net3"]["mean"] == 7.0
     report = (tmp_path / "ck" / "realtime" / "report.md").read_text()
     assert "| 768 |" in report and "10.0 (125 %)" in report
+    assert "| tiny: top-1 agreement | net3: top-1 agreement |" in report
     assert (tmp_path / "ck" / "realtime" / "curves.png").exists()
     rows = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "realtime/tiny/mean_return" in r]
@@ -131,7 +135,7 @@ def test_credit_carries_fractions_and_is_dropped_without_experience(tmp_path):
     frames = rng.integers(0, 255, size=(4,) + SPEC.observation_shape).astype(np.uint8)
     sampled = []
 
-    def experience(batch_size, generator):
+    def experience(batch_size, generator, recent=0):
         sampled.append(batch_size)
         return frames
 
@@ -140,6 +144,46 @@ def test_credit_carries_fractions_and_is_dropped_without_experience(tmp_path):
     assert rt.on_record(agent, record._replace(num_gradient_steps=1)) == 1
     assert rt.counters["credit"] == 0.0 and rt.counters["grad_steps"] == 2
     assert sampled == [4, 4]
+
+
+def test_students_start_at_start_frames_on_the_latest_experience(tmp_path):
+    agent = _agent()
+    rt = _students(agent, tmp_path, sizes=("tiny",), batch_size=4, start_frames=1000,
+                   recent_steps=64)
+    frames = np.zeros((4,) + SPEC.observation_shape, np.uint8)
+    asked = []
+
+    def experience(batch_size, generator, recent=0):
+        asked.append((batch_size, recent))
+        return frames
+
+    agent.experience = experience
+    record = loop.Record(agent_steps=0, num_env_frames=896, iteration_agent_steps=0,
+                         loss=0.0, num_gradient_steps=3, episodes=[], act_seconds=0,
+                         learn_seconds=0)
+    # Before the teacher has played 1,000 frames its updates pay for nothing.
+    assert rt.on_record(agent, record) == 0 and rt.counters["credit"] == 0.0
+    assert asked == []
+    assert rt.on_record(agent, record._replace(num_env_frames=1024)) == 3
+    assert asked == [(4, 64)] * 3 and rt.counters["grad_steps"] == 3
+
+
+def test_agreement_is_the_share_of_equal_top_actions(tmp_path, monkeypatch):
+    agent = _agent()
+    rt = _students(agent, tmp_path, sizes=("tiny",))
+    teacher = np.eye(6, dtype=np.float32)[[0, 1, 2, 3]]  # Top actions 0, 1, 2, 3.
+
+    class Labeller:
+        def predict_on_batch(self, frames):
+            return teacher, np.zeros((len(frames), 16), np.float32)
+
+    rt._labeller = Labeller()
+    monkeypatch.setattr(evaluation, "predict_fn", lambda network: lambda frames: np.eye(
+        6, dtype=np.float32)[[0, 1, 5, 5]])
+    frames = np.zeros((4,) + SPEC.observation_shape, np.uint8)
+    assert rt.agreement(frames) == {"tiny": 0.5}
+    # Without a record yet there is no experience to check on.
+    assert rt.experience_agreement(0) == {}
 
 
 def test_labels_are_the_current_teachers_outputs_and_features(tmp_path):
@@ -172,6 +216,13 @@ def test_a_student_of_other_settings_is_refused(tmp_path):
         _students(agent, tmp_path, sizes=("tiny",), batch_size=8).restore()
     # A size added later starts afresh; the saved one resumes.
     assert _students(agent, tmp_path, sizes=("tiny", "net3")).restore() == ["tiny"]
+    # A checkpoint written before a setting existed holds its default.
+    old = realtime.RealtimeConfig(sizes=("tiny",)).identity()
+    del old["start_frames"], old["recent_steps"]
+    assert realtime.RealtimeConfig.saved_identity(old) == realtime.RealtimeConfig(
+        sizes=("net3",)).identity()
+    assert realtime.RealtimeConfig.saved_identity(old) != realtime.RealtimeConfig(
+        sizes=("tiny",), start_frames=10).identity()
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -180,6 +231,8 @@ def test_a_student_of_other_settings_is_refused(tmp_path):
     (dict(sizes=("tiny", "tiny")), "sizes must not repeat"),
     (dict(steps_per_update=0), "steps_per_update must be > 0, found 0"),
     (dict(batch_size=0), "batch_size must be >= 1, found 0"),
+    (dict(start_frames=-1), "start_frames must be >= 0, found -1"),
+    (dict(recent_steps=-5), "recent_steps must be >= 0, found -5"),
     (dict(policy_loss="hinge"), "policy_loss must be one of"),
 ])
 def test_bad_settings_are_refused(kw, message):

@@ -145,8 +145,10 @@ def test_realtime_students_ride_along_from_the_command_line(tmp_path):
     assert state["counters"]["grad_steps"] == 4
     entries = realtime.read_evaluations(tmp_path / "ck" / "realtime" / "evaluations.jsonl")
     assert [e["frames"] for e in entries] == [4128] and "tiny" in entries[0]["students"]
+    assert set(entries[0]["agreement"]) == {"tiny"}  # On PPO's latest rollout.
     for extra, message in [
             ("--distill_into=huge", "--distill_into must be among"),
+            ("--distill_start_frames=-1", "--distill_start_frames must be >= 0"),
             ("--distill_steps_per_update=0", "--distill_steps_per_update must be > 0")]:
         args = _args(tmp_path / "bad", "pong", extra)
         if "huge" not in extra:

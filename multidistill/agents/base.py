@@ -64,10 +64,12 @@ class Agent(Protocol):
           of the iteration's gradient steps (empty when it made none).
         """
 
-    def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
+    def experience(self, batch_size: int, rng: np.random.Generator,
+                   recent: int = 0) -> np.ndarray | None:
         """(batch_size, stack, H, W) uint8 observations of the agent's own
-        experience (DQN: its replay memory; PPO: its latest rollout), drawn
-        with `rng`; None while it has none to give."""
+        experience (DQN: its replay memory, or with `recent` > 0 its latest
+        `recent` agent steps; PPO: its latest rollout, whatever `recent`),
+        drawn with `rng`; None while it has none to give."""
 
     def state(self) -> dict[str, Any]:
         """JSON-able counters to resume from (the weights are in `learner`)."""

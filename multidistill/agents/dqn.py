@@ -327,13 +327,17 @@ class DQN:
             actions = np.where(greedy, np.argmax(q, axis=1), actions).astype(np.int32)
         return actions, {}
 
-    def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
+    def experience(self, batch_size: int, rng: np.random.Generator,
+                   recent: int = 0) -> np.ndarray | None:
         """Observations (batch_size, stack, H, W) drawn uniformly from the replay
-        memory with `rng` (not the agent's own), or None while it holds too
-        few: what real-time students distil on (`multidistill.realtime`)."""
+        memory (with `recent` > 0: from its latest `recent` agent steps, at
+        least one vector step) with `rng` (not the agent's own), or None while
+        it holds too few: what real-time students distil on
+        (`multidistill.realtime`)."""
         if not self.can_learn():
             return None
-        return self.memory.stacks(*self.memory.sample_indices(batch_size, rng))
+        entries = -(-int(recent) // self.memory.num_streams) if recent > 0 else 0
+        return self.memory.stacks(*self.memory.sample_indices(batch_size, rng, entries))
 
     def can_learn(self) -> bool:
         """Whether the memory holds enough agent steps to learn from."""

@@ -383,11 +383,13 @@ class PPO:
             extras["value_intrinsic"] = np.asarray(outputs[2], np.float32)[:, 0]
         return actions, extras
 
-    def experience(self, batch_size: int, rng: np.random.Generator) -> np.ndarray | None:
+    def experience(self, batch_size: int, rng: np.random.Generator,
+                   recent: int = 0) -> np.ndarray | None:
         """Observations (batch_size, stack, H, W) drawn uniformly (with
         replacement, with `rng`, not the agent's own) from the rollout
-        buffers, which hold the latest rollout; None before the first step:
-        what real-time students distil on (`multidistill.realtime`)."""
+        buffers, which hold the latest rollout, so `recent` changes nothing;
+        None before the first step: what real-time students distil on
+        (`multidistill.realtime`)."""
         valid = np.flatnonzero(self._buffers["valid"].reshape(-1))
         if valid.size == 0:
             return None

@@ -140,8 +140,12 @@ class ReplayMemory:
         hi = self.t - 1 - self.n_step
         return lo, hi
 
-    def sample_indices(self, batch_size: int, rng: np.random.Generator):
+    def sample_indices(self, batch_size: int, rng: np.random.Generator, recent: int = 0):
         """Uniformly random valid transitions: (t, streams), each (batch_size,).
+
+        Args:
+          recent: > 0: only among the latest `recent` sampleable entries
+            (vector steps); 0: among all.
 
         Raises:
           ValueError: the memory holds no (or too few) transitions.
@@ -149,6 +153,8 @@ class ReplayMemory:
         lo, hi = self.sampleable_range()
         if hi < lo:
             raise ValueError("the replay memory holds no transition to sample yet")
+        if recent > 0:
+            lo = max(lo, hi - int(recent) + 1)
         ts, ss = [], []
         got, tries = 0, 0
         while got < batch_size:
