@@ -103,12 +103,36 @@ def compare(checkpoint_dir: Path, teachers_dir: Path, game: str, ttd_runs: dict[
                 row["ratio_wall_clock"] = row["realtime"]["wall_clock_s"] / ttd["wall_clock_s"]
                 row["ratio_frames"] = row["realtime"]["frames"] / ttd["frames"]
         rows[size] = row
-    return {"game": game, "fraction": fraction, "random_score": random, "teacher": {
+    return {"game": game, "fraction": fraction, "random_score": random,
+            "settings": settings(checkpoint_dir), "teacher": {
         "mean": teacher["mean"], "ci": teacher.get("ci"), "episodes": teacher["episodes"],
         "frames": teacher_frames, "run_wall_clock_s": run_seconds,
         "teacher_only_seconds": teacher_seconds, "students_seconds": student_seconds,
         "student_grad_steps": last["student_grad_steps"]},
         "target": target, "sizes": rows, "evaluations": entries}
+
+
+def settings(checkpoint_dir: Path) -> dict | None:
+    """The real-time students' settings (`RealtimeConfig.identity`) from a
+    student checkpoint of the run, or None if it has none."""
+    for ckpt in sorted((checkpoint_dir / "realtime").glob("*/checkpoint.npz")):
+        saved = checkpoints.read_state(ckpt).get("realtime")
+        if saved is not None:
+            return realtime.RealtimeConfig.saved_identity(saved)
+    return None
+
+
+def settings_text(s: dict | None) -> str:
+    """The students' settings in words ("" if unknown)."""
+    if not s:
+        return ""
+    start = (f"from the teacher's {s['start_frames']:,}th frame" if s["start_frames"]
+             else "from the teacher's first update")
+    states = (f"the latest {s['recent_steps']:,} agent steps of its replay"
+              if s["recent_steps"] else "its whole replay memory")
+    return (f"Students: Adam at {s['learning_rate']:g}, {s['steps_per_update']:g} step(s) "
+            f"of {s['batch_size']} states per teacher step {start}, the states drawn from "
+            f"{states}.")
 
 
 def _final(r: dict, random: float, teacher: float) -> dict:
@@ -147,7 +171,8 @@ def markdown(result: dict, command: str) -> str:
         f"{_ci(t['mean'], t['ci'])} over {t['episodes']} episodes. "
         f"Run wall-clock {t['run_wall_clock_s'] / 60:.1f} min, of which the students' "
         f"training and evaluation {t['students_seconds'] / 60:.1f} min "
-        f"({t['student_grad_steps']:,} student steps each).", "",
+        f"({t['student_grad_steps']:,} student steps each). "
+        + settings_text(result.get("settings")), "",
         f"A student is at {100 * result['fraction']:.0f} % at the first periodic evaluation "
         f"(8 episodes) where its mean is >= {result['target']:.1f}, that is "
         f"{100 * result['fraction']:.0f} % of the way from a random policy "
@@ -217,8 +242,9 @@ def main(argv):
                      _pairs(FLAGS.ttd_runs), _pairs(FLAGS.rt_reports), FLAGS.fraction)
     out = Path(FLAGS.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    command = "bash benchmarks/realtime_pong.sh" if FLAGS.from_script else " ".join(
-        ["python -m benchmarks.realtime_compare"] + sys.argv[1:])
+    command = FLAGS.command or ("bash benchmarks/realtime_pong.sh" if FLAGS.from_script
+                                else " ".join(["python -m benchmarks.realtime_compare"]
+                                              + sys.argv[1:]))
     files.atomic_write_text(out / "comparison.md", markdown(result, command))
     files.atomic_write_text(out / "comparison.json", json.dumps(result, indent=2) + "\n")
     plot(result, out / "comparison.png")
@@ -237,5 +263,7 @@ if __name__ == "__main__":
                        "teacher's to reach (0-1).")
     flags.DEFINE_string("output_dir", "benchmarks/realtime", "Where the comparison goes.")
     flags.DEFINE_bool("from_script", False, "Record the script as the command.")
+    flags.DEFINE_string("command", None, "The command to record in the report (default: "
+                        "this one, or the script with --from_script).")
     flags.mark_flags_as_required(["checkpoint_dir", "teachers_dir"])
     app.run(main)

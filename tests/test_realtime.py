@@ -331,6 +331,19 @@ def test_realtime_comparison_against_hand_computed_times(tmp_path):
     assert "| tiny | 500,000 | 33.3 | 1,400,000 | 50.0 | 0.67 | 0.36 |" in text
     # (9.8 + 20.7) / 30.7 = 99.3 % of the way from random to the teacher.
     assert "9.8 [9.0, 10.5] (98.0 [90.0, 105.0] % of teacher; 99 % from random)" in text
+    assert result["settings"] is None and "Students:" not in text
+    # The students' settings, from a student checkpoint of the run.
+    (ck / "realtime" / "tiny").mkdir()
+    state = {"realtime": realtime.RealtimeConfig(
+        sizes=("tiny",), learning_rate=2.5e-4, start_frames=750_000,
+        recent_steps=100_000).identity()}
+    np.savez(ck / "realtime" / "tiny" / "checkpoint.npz",
+             __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
+    text = realtime_compare.markdown(realtime_compare.compare(ck, teachers_dir, "pong", {}, {}),
+                                     "cmd")
+    assert ("Students: Adam at 0.00025, 1 step(s) of 32 states per teacher step from the "
+            "teacher's 750,000th frame, the states drawn from the latest 100,000 agent "
+            "steps of its replay.") in text
     assert realtime_compare.plot(result, tmp_path / "c.png").exists()
 
     # A teacher below 0 has no plain %: the table still comes, with the
