@@ -130,9 +130,11 @@ def settings_text(s: dict | None) -> str:
              else "from the teacher's first update")
     states = (f"the latest {s['recent_steps']:,} agent steps of its replay"
               if s["recent_steps"] else "its whole replay memory")
+    labels = (f"a moving average of the teacher's weights over {s['label_horizon']:,.0f} of "
+              "its gradient steps" if s.get("label_horizon") else "the live teacher")
     return (f"Students: Adam at {s['learning_rate']:g}, {s['steps_per_update']:g} step(s) "
             f"of {s['batch_size']} states per teacher step {start}, the states drawn from "
-            f"{states}.")
+            f"{states}, labelled by {labels}.")
 
 
 def _final(r: dict, random: float, teacher: float) -> dict:

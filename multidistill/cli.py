@@ -730,6 +730,10 @@ def define_teacher_training_flags():
     flags.DEFINE_integer("distill_recent_steps", realtime.recent_steps,
                          "With --distill_into: agent steps (the latest) of a DQN's replay "
                          "memory the students' states come from (0: the whole memory).")
+    flags.DEFINE_float("distill_label_horizon", realtime.label_horizon,
+                       "With --distill_into: label with a moving average of the teacher's "
+                       "weights over about this many of its gradient steps (0: the live "
+                       "teacher, whose greedy action churns from update to update).")
     define_preprocessing_flags()
     define_verbose_flag()
 
@@ -757,10 +761,11 @@ def realtime_config_from_flags(seed: int = 0):
         batch_size=FLAGS.distill_batch_size,
         learning_rate=FLAGS.distill_learning_rate,
         start_frames=FLAGS.distill_start_frames, recent_steps=FLAGS.distill_recent_steps,
-        seed=seed),
+        label_horizon=FLAGS.distill_label_horizon, seed=seed),
         {"sizes": "distill_into", "steps_per_update": "distill_steps_per_update",
          "batch_size": "distill_batch_size", "learning_rate": "distill_learning_rate",
-         "start_frames": "distill_start_frames", "recent_steps": "distill_recent_steps"})
+         "start_frames": "distill_start_frames", "recent_steps": "distill_recent_steps",
+         "label_horizon": "distill_label_horizon"})
 
 
 def _teacher_config_from_flags(config_class, names):

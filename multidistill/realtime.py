@@ -88,6 +88,14 @@ class RealtimeConfig:
         agent steps of replay, close to its current policy's distribution
         (what offline distillation records); 0: from the whole replay memory,
         as the teacher's own batches (PPO's rollouts are always its latest).
+      label_horizon: > 0: the labels come from an exponential moving average
+        of the teacher's weights over about this many of its gradient steps
+        (each step mixes in 1 / label_horizon of the live weights); 0: from
+        the live teacher. A DQN's greedy action churns: on Pong, 2,000
+        updates of a teacher at -13.5 change it on half of the states, and a
+        student chasing those labels outputs the same logits for every state
+        within about 6,000 steps, where one on the frozen teacher's labels
+        of the same states learns (benchmarks/realtime/churn_probe.md).
       seed: seeds the students' initial weights and the sampling of states.
     """
 
@@ -101,6 +109,7 @@ class RealtimeConfig:
     head_units: int = 0
     start_frames: int = 0
     recent_steps: int = 0
+    label_horizon: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -126,6 +135,9 @@ class RealtimeConfig:
             raise ValueError(f"start_frames must be >= 0, found {self.start_frames}")
         if self.recent_steps < 0:
             raise ValueError(f"recent_steps must be >= 0, found {self.recent_steps}")
+        if not (self.label_horizon == 0 or self.label_horizon >= 1):
+            raise ValueError("label_horizon must be 0 (the live teacher) or >= 1 gradient "
+                             f"step, found {self.label_horizon}")
         objectives.Distillation(policy_loss=self.policy_loss, feature_beta=self.feature_beta)
 
     def to_dict(self) -> dict:
@@ -183,6 +195,9 @@ class RealtimeDistillation:
             feature_beta=config.feature_beta)
         self._labeller = None
         self._agent = None  # The teacher's agent, once a record was seen.
+        self._teacher = None  # The live teacher network.
+        self._average = None  # Its moving average (with label_horizon).
+        self._average_ready = False  # Whether the average holds the teacher's weights.
         self.students: dict[str, tuple] = {}
         self._num_actions = int(num_actions)
         self.counters = {"grad_steps": 0, "credit": 0.0, "distill_seconds": 0.0,
@@ -200,7 +215,15 @@ class RealtimeDistillation:
 
     def build(self, teacher_model) -> None:
         """Builds the students for `teacher_model` (the agent's network)."""
-        self._labeller = labeller(teacher_model)
+        self._teacher = teacher_model
+        if self.config.label_horizon:
+            import keras
+
+            self._average = keras.models.clone_model(teacher_model)
+            self._average.set_weights(teacher_model.get_weights())
+            self._labeller = labeller(self._average)
+        else:
+            self._labeller = labeller(teacher_model)
         feature_dim = int(self._labeller.outputs[1].shape[-1])
         for size in self.config.sizes:
             student, optimizer = distiller.build_student(
@@ -212,8 +235,17 @@ class RealtimeDistillation:
     def _paths(self, size: str) -> tuple[Path, Path]:
         return self.directory / size / "checkpoint.npz", self.directory / size / "student.keras"
 
+    @property
+    def _average_path(self) -> Path:
+        return self.directory / "label_average.npz"
+
     def save(self) -> None:
-        """Checkpoints every student (atomic files) with the shared counters."""
+        """Checkpoints every student (atomic files) with the shared counters,
+        and the teacher's moving average that labels them."""
+        if self._average is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            checkpoints.save(self._average_path, self._average, None,
+                             {"label_horizon": self.config.label_horizon})
         for size, (student, optimizer) in self.students.items():
             ckpt, keras_path = self._paths(size)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +279,27 @@ class RealtimeDistillation:
             saved = checkpoints.restore(ckpt, student, optimizer)
             self.counters = dict(self.counters, **saved["counters"])
             resumed.append(size)
+        if self._average is not None and self._average_path.exists():
+            checkpoints.restore(self._average_path, self._average, None)
+            self._average_ready = True
         return resumed
+
+    def update_average(self, gradient_steps: int) -> None:
+        """Moves the labelling average toward the live teacher by the
+        teacher's `gradient_steps` since the last call: w += (1 - (1 - 1/H)^n)
+        (w_live - w). The first call starts it from the live teacher, unless it
+        was restored."""
+        if self._average is None:
+            return
+        if not self._average_ready:  # The teacher as it starts (or resumed).
+            self._average.set_weights(self._teacher.get_weights())
+            self._average_ready = True
+        if gradient_steps < 1:
+            return
+        mix = 1.0 - (1.0 - 1.0 / self.config.label_horizon) ** gradient_steps
+        self._average.set_weights([
+            a + mix * (w - a) for a, w in zip(self._average.get_weights(),
+                                              self._teacher.get_weights())])
 
     # -- training ------------------------------------------------------------
 
@@ -268,6 +320,7 @@ class RealtimeDistillation:
         """
         c = self.config
         self._agent = agent
+        self.update_average(record.num_gradient_steps)
         if record.num_env_frames < c.start_frames:
             return 0
         self.counters["credit"] += record.num_gradient_steps * c.steps_per_update

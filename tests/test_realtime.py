@@ -209,6 +209,37 @@ def test_labels_are_the_current_teachers_outputs_and_features(tmp_path):
     assert rt.objective.temperatures == (0.01,)
 
 
+def test_labels_from_a_moving_average_of_the_teacher(tmp_path):
+    agent = _agent()
+    rt = _students(agent, tmp_path, sizes=("tiny",), label_horizon=4)
+    outputs = agent.net.get_layer("outputs")
+    before = [np.asarray(w) for w in outputs.get_weights()]
+    # The teacher moves before the first record: the average starts from it.
+    outputs.set_weights([w + 1.0 for w in before])
+    rt.update_average(0)
+    average = rt._average.get_layer("outputs")
+    for a, w in zip(average.get_weights(), before):
+        np.testing.assert_allclose(a, w + 1.0, rtol=1e-6)
+    # Two teacher steps later the average has moved 1 - (3/4)^2 = 7/16 of the way.
+    outputs.set_weights([w + 2.0 for w in before])
+    rt.update_average(2)
+    for a, w in zip(average.get_weights(), before):
+        np.testing.assert_allclose(a, w + 1.0 + 7 / 16, rtol=1e-5)
+    frames = np.random.default_rng(2).integers(0, 255, size=(3,) + SPEC.observation_shape
+                                               ).astype(np.uint8)
+    np.testing.assert_allclose(rt.labelled_batch(frames)[1]["teacher_outputs"],
+                               rt._average.predict_on_batch(frames), rtol=1e-5)
+    assert not np.allclose(rt._average.predict_on_batch(frames),
+                           agent.net.predict_on_batch(frames))
+    # The average is checkpointed with the students and resumed with them.
+    rt.save()
+    rt2 = _students(agent, tmp_path, sizes=("tiny",), label_horizon=4)
+    assert rt2.restore() == ["tiny"]
+    rt2.update_average(0)
+    for a, b in zip(rt2._average.get_weights(), rt._average.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_student_of_other_settings_is_refused(tmp_path):
     agent = _agent()
     _students(agent, tmp_path, sizes=("tiny",)).save()
@@ -218,7 +249,7 @@ def test_a_student_of_other_settings_is_refused(tmp_path):
     assert _students(agent, tmp_path, sizes=("tiny", "net3")).restore() == ["tiny"]
     # A checkpoint written before a setting existed holds its default.
     old = realtime.RealtimeConfig(sizes=("tiny",)).identity()
-    del old["start_frames"], old["recent_steps"]
+    del old["start_frames"], old["recent_steps"], old["label_horizon"]
     assert realtime.RealtimeConfig.saved_identity(old) == realtime.RealtimeConfig(
         sizes=("net3",)).identity()
     assert realtime.RealtimeConfig.saved_identity(old) != realtime.RealtimeConfig(
@@ -233,6 +264,7 @@ def test_a_student_of_other_settings_is_refused(tmp_path):
     (dict(batch_size=0), "batch_size must be >= 1, found 0"),
     (dict(start_frames=-1), "start_frames must be >= 0, found -1"),
     (dict(recent_steps=-5), "recent_steps must be >= 0, found -5"),
+    (dict(label_horizon=0.5), "label_horizon must be 0 .* or >= 1 gradient step, found 0.5"),
     (dict(policy_loss="hinge"), "policy_loss must be one of"),
 ])
 def test_bad_settings_are_refused(kw, message):
@@ -336,14 +368,15 @@ def test_realtime_comparison_against_hand_computed_times(tmp_path):
     (ck / "realtime" / "tiny").mkdir()
     state = {"realtime": realtime.RealtimeConfig(
         sizes=("tiny",), learning_rate=2.5e-4, start_frames=750_000,
-        recent_steps=100_000).identity()}
+        recent_steps=100_000, label_horizon=2000).identity()}
     np.savez(ck / "realtime" / "tiny" / "checkpoint.npz",
              __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
     text = realtime_compare.markdown(realtime_compare.compare(ck, teachers_dir, "pong", {}, {}),
                                      "cmd")
     assert ("Students: Adam at 0.00025, 1 step(s) of 32 states per teacher step from the "
             "teacher's 750,000th frame, the states drawn from the latest 100,000 agent "
-            "steps of its replay.") in text
+            "steps of its replay, labelled by a moving average of the teacher's weights "
+            "over 2,000 of its gradient steps.") in text
     assert realtime_compare.plot(result, tmp_path / "c.png").exists()
 
     # A teacher below 0 has no plain %: the table still comes, with the
