@@ -6,8 +6,10 @@
 #                       while students of 3.6 % (net3) and 1.7 % (tiny) of its
 #                       parameters distil from its replay, one student step per
 #                       teacher step, at step size LR, from START frames on,
-#                       on its latest RECENT agent steps (0: all); all are
-#                       evaluated every 250,000 frames
+#                       on its latest RECENT agent steps (0: all), labelled by
+#                       a moving average of its weights over HORIZON gradient
+#                       steps (0: the live teacher); all are evaluated every
+#                       250,000 frames
 #   train-then-distill  the main job for pong alone on the teacher that run
 #                       shipped, with students of the same sizes
 #
@@ -20,8 +22,9 @@ FRAMES=${FRAMES:-1500000}
 LR=${LR:-2.5e-5}
 START=${START:-0}
 RECENT=${RECENT:-0}
+HORIZON=${HORIZON:-0}
 OUTPUT=${OUTPUT:-benchmarks/realtime}
-for v in FRAMES START RECENT; do
+for v in FRAMES START RECENT HORIZON; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "realtime_pong.sh: $v must be a whole number, found '${!v}'" >&2; exit 2; }
 done
 # Each setting trains its own teacher: runs, datasets and checkpoints are
@@ -29,14 +32,15 @@ done
 VARIANT=lr$LR
 [ "$START" = 0 ] || VARIANT+=_start$START
 [ "$RECENT" = 0 ] || VARIANT+=_recent$RECENT
+[ "$HORIZON" = 0 ] || VARIANT+=_horizon$HORIZON
 CK=${CK:-$HOME/.cache/multidistill/teacher_runs/pong_realtime_$VARIANT}
 TEACHERS=${TEACHERS:-$HOME/.cache/multidistill/realtime_teachers_$VARIANT}
 SIZES=(net3 tiny)
 TAG=$FRAMES
 [ "$VARIANT" = lr2.5e-5 ] || TAG+=_$VARIANT
 COMMAND="bash benchmarks/realtime_pong.sh"
-for v in OUTPUT RECENT START LR FRAMES; do
-    case "$v=${!v}" in FRAMES=1500000|LR=2.5e-5|START=0|RECENT=0|OUTPUT=benchmarks/realtime) ;;
+for v in OUTPUT HORIZON RECENT START LR FRAMES; do
+    case "$v=${!v}" in FRAMES=1500000|LR=2.5e-5|START=0|RECENT=0|HORIZON=0|OUTPUT=benchmarks/realtime) ;;
         *) COMMAND="$v=${!v} $COMMAND" ;; esac
 done
 # The shipped teacher is played once for all four evaluations (same seeds,
@@ -45,7 +49,7 @@ TC="runs/realtime_teacher_episodes_$TAG.json"
 python -m multidistill.train_teacher --game=pong --algo=dqn --num_env_frames="$FRAMES" \
     --eval_every_frames=250000 --eval_episodes=8 --final_eval_episodes=30 \
     --distill_into=net3,tiny --distill_learning_rate="$LR" --distill_start_frames="$START" \
-    --distill_recent_steps="$RECENT" --teachers_dir="$TEACHERS" --checkpoint_dir="$CK"
+    --distill_recent_steps="$RECENT" --distill_label_horizon="$HORIZON" --teachers_dir="$TEACHERS" --checkpoint_dir="$CK"
 for size in "${SIZES[@]}"; do
     [ -f "runs/realtime_ttd_${size}_$TAG/report.json" ] || python train.py --games=pong \
         --teachers_dir="$TEACHERS" --datasets_dir="datasets/realtime_$TAG" \
