@@ -49,7 +49,7 @@ def arm_config(arm: str, learning_rate: float) -> realtime.RealtimeConfig:
     else:
         raise app.UsageError(f"--arms: expected live, frozen or average<H>, found {arm!r}")
     return realtime.RealtimeConfig(sizes=("tiny",), learning_rate=learning_rate,
-                                   label_horizon=horizon)
+                                   start_frames=0, recent_steps=0, label_horizon=horizon)
 
 
 class Probe:

@@ -43,7 +43,9 @@ def main(argv):
     agent = dqn.DQN("pong", 6, spec, dqn.DQNConfig(),
                     total_agent_steps=FLAGS.num_env_frames // 4, seed=0)
     students = realtime.RealtimeDistillation(
-        realtime.RealtimeConfig(sizes=("tiny",)), "pong", 6, agent.kind, spec,
+        realtime.RealtimeConfig(sizes=("tiny",), learning_rate=FLAGS.learning_rate,
+                                start_frames=0, recent_steps=0, label_horizon=0),
+        "pong", 6, agent.kind, spec,
         folder / "ck" / "realtime")
     students.build(agent.learner.target_net if FLAGS.labeller == "target" else agent.net)
     run = runner.Runner(agent, "dqn", "pong", spec, runner.RunConfig(
@@ -63,6 +65,8 @@ if __name__ == "__main__":
     flags.DEFINE_enum("labeller", "online", ["online", "target"],
                       "Which DQN network labels the student's states.")
     flags.DEFINE_integer("num_env_frames", 140_000, "Teacher training, emulator frames.")
+    flags.DEFINE_float("learning_rate", 2.5e-4, "The student's Adam step size (the "
+                       "probes of first_run.md: 2.5e-4, and 2.5e-5).")
     flags.DEFINE_string("dataset", "datasets/pong.h5",
                         "A Pong dataset whose states probe the student (the main job's).")
     flags.DEFINE_string("output_dir", "/tmp/realtime_probe",

@@ -721,9 +721,8 @@ def define_teacher_training_flags():
     flags.DEFINE_integer("distill_batch_size", realtime.batch_size,
                          "With --distill_into: states per student gradient step.")
     flags.DEFINE_float("distill_learning_rate", realtime.learning_rate,
-                       "With --distill_into: the students' Adam step size (a tenth of "
-                       "offline distillation's: at 2.5e-4 the students' trunk died on "
-                       "the labels of a DQN in its first updates).")
+                       "With --distill_into: the students' Adam step size (offline "
+                       "distillation's).")
     flags.DEFINE_integer("distill_start_frames", realtime.start_frames,
                          "With --distill_into: emulator frames the teacher plays before the "
                          "students take their first step (0: from its first update).")

@@ -59,6 +59,9 @@ from multidistill import (
     summaries,
 )
 
+# What students written before these settings existed were trained with.
+LEGACY_SETTINGS = {"start_frames": 0, "recent_steps": 0, "label_horizon": 0.0}
+
 
 @dataclasses.dataclass(frozen=True)
 class RealtimeConfig:
@@ -69,10 +72,9 @@ class RealtimeConfig:
       steps_per_update: student gradient steps per teacher gradient step
         (the paper: one, on the teacher's replay batches).
       batch_size: states per student gradient step.
-      learning_rate: the students' Adam step size. 2.5e-5, a tenth of offline
-        distillation's: at 2.5e-4 the students' first convolution died within
-        about 3,500 steps on labels of a DQN in its first updates, and a
-        dead ReLU layer never recovers (benchmarks/realtime/first_run.md).
+      learning_rate: the students' Adam step size: offline distillation's.
+        (At 2.5e-4 students on the live teacher's labels died; the cause was
+        the labels' churn, not the step size: see label_horizon.)
       policy_loss: `objectives.Distillation.policy_loss` ("kl", "nll", "mse").
       temperature: tau of the KL; None: that of the teacher's kind (0.01 for
         Q-values, 1 for logits: `objectives.default_temperature`).
@@ -81,9 +83,9 @@ class RealtimeConfig:
         student is the teacher's network at its size).
       start_frames: the students take their first step once the teacher has
         played this many emulator frames; the teacher's gradient steps before
-        then pay for none (0: from its first update). A DQN's labels in its
-        first updates are state-independent and change fast; students that
-        chase them lose their trunk (benchmarks/realtime/first_run.md).
+        then pay for none (0: from its first update). A DQN's first 500,000
+        frames teach it little worth distilling; the students' time is better
+        spent later.
       recent_steps: > 0: states come from the teacher's latest this many
         agent steps of replay, close to its current policy's distribution
         (what offline distillation records); 0: from the whole replay memory,
@@ -102,14 +104,14 @@ class RealtimeConfig:
     sizes: tuple[str, ...]
     steps_per_update: float = 1.0
     batch_size: int = 32
-    learning_rate: float = 2.5e-5
+    learning_rate: float = 2.5e-4
     policy_loss: str = "kl"
     temperature: float | None = None
     feature_beta: float = 0.0
     head_units: int = 0
-    start_frames: int = 0
-    recent_steps: int = 0
-    label_horizon: float = 0.0
+    start_frames: int = 500_000
+    recent_steps: int = 100_000
+    label_horizon: float = 5_000.0
     seed: int = 0
 
     def __post_init__(self):
@@ -149,12 +151,11 @@ class RealtimeConfig:
         d.pop("sizes")
         return d
 
-    @classmethod
-    def saved_identity(cls, saved: dict) -> dict:
-        """A checkpoint's `identity()`, with the defaults of settings added
-        since it was written."""
-        defaults = cls(sizes=("tiny",)).identity()
-        return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    @staticmethod
+    def saved_identity(saved: dict) -> dict:
+        """A checkpoint's `identity()`, with the settings added since it was
+        written at the values students had before they existed."""
+        return {**LEGACY_SETTINGS, **saved}
 
 
 def labeller(teacher_model):

@@ -28,8 +28,13 @@ def _agent(seed=0):
         total_agent_steps=192, seed=seed)
 
 
+# The students of the tests start at once, on all the replay, on the live
+# teacher (the defaults wait for 500,000 frames and average the teacher).
+LIVE = dict(start_frames=0, recent_steps=0, label_horizon=0)
+
+
 def _students(agent, directory, **kw):
-    config = realtime.RealtimeConfig(**dict(dict(sizes=("tiny", "net3")), **kw))
+    config = realtime.RealtimeConfig(**dict(dict(sizes=("tiny", "net3"), **LIVE), **kw))
     rt = realtime.RealtimeDistillation(config, "pong", 6, agent.kind, SPEC, directory)
     rt.build(agent.teacher_model)
     return rt
@@ -247,13 +252,15 @@ def test_a_student_of_other_settings_is_refused(tmp_path):
         _students(agent, tmp_path, sizes=("tiny",), batch_size=8).restore()
     # A size added later starts afresh; the saved one resumes.
     assert _students(agent, tmp_path, sizes=("tiny", "net3")).restore() == ["tiny"]
-    # A checkpoint written before a setting existed holds its default.
-    old = realtime.RealtimeConfig(sizes=("tiny",)).identity()
+    # A checkpoint written before a setting existed: the students then had
+    # no start, the whole replay and the live teacher's labels.
+    legacy = dict(start_frames=0, recent_steps=0, label_horizon=0)
+    old = realtime.RealtimeConfig(sizes=("tiny",), **legacy).identity()
     del old["start_frames"], old["recent_steps"], old["label_horizon"]
     assert realtime.RealtimeConfig.saved_identity(old) == realtime.RealtimeConfig(
-        sizes=("net3",)).identity()
+        sizes=("net3",), **legacy).identity()
     assert realtime.RealtimeConfig.saved_identity(old) != realtime.RealtimeConfig(
-        sizes=("tiny",), start_frames=10).identity()
+        sizes=("tiny",), **dict(legacy, start_frames=10)).identity()
 
 
 @pytest.mark.parametrize("kw, message", [

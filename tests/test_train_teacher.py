@@ -133,7 +133,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
 def test_realtime_students_ride_along_from_the_command_line(tmp_path):
     rc, out = run_cli(_args(tmp_path, "pong", "--distill_into=tiny",
-                            "--distill_steps_per_update=0.25"))
+                            "--distill_steps_per_update=0.25", "--distill_start_frames=0"))
     assert rc == 0, out
     assert f"real-time students tiny in {tmp_path / 'ck' / 'realtime'}" in out
     from multidistill import realtime, students
