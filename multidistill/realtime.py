@@ -5,7 +5,10 @@ afterwards, one or more students take gradient steps alongside the teacher's
 own, on states of the teacher's experience (DQN's replay memory, PPO's
 latest rollout) labelled by the teacher as it is at that moment. The
 student follows the teacher's latest policy, and is ready when the teacher
-is.
+is. By default the labels come from a moving average of the teacher's
+weights over its last few thousand updates rather than from the live
+network, whose greedy action churns from update to update so that students
+chasing it collapse (`RealtimeConfig.label_horizon`).
 
     python -m multidistill.train_teacher --game=pong --algo=dqn \\
         --distill_into=net3,tiny
