@@ -15,7 +15,7 @@
 #
 # Every command resumes (the teacher run from its checkpoint, the main job
 # from its run directory), so the script can be rerun after an interruption;
-# the last step writes benchmarks/realtime/comparison.md.
+# the last step writes comparison.md (and .json, .png) into OUTPUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRAMES=${FRAMES:-1500000}
