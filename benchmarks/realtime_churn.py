@@ -87,7 +87,7 @@ class Probe:
                 "labels_agree_with_live": float(np.mean(labels == live)),
                 "conv0_active": trunk_activity(student, self.states)["shared_conv0"],
                 "logit_std": float(logits.std(0).mean()),
-                "agreement": float(np.mean(logits.argmax(1) == labels)),
+                "agreement": rt.agreement(self.states)["tiny"],
                 "student_steps": rt.counters["grad_steps"]}
             self.previous[name] = labels
         with self.output.open("a") as f:

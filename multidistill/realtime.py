@@ -96,8 +96,8 @@ class RealtimeConfig:
       label_horizon: > 0: the labels come from an exponential moving average
         of the teacher's weights over about this many of its gradient steps
         (each step mixes in 1 / label_horizon of the live weights); 0: from
-        the live teacher. A DQN's greedy action churns: on Pong, 2,000
-        updates of a teacher at -13.5 change it on half of the states, and a
+        the live teacher. A DQN's greedy action churns: on Pong, 1,024
+        updates of a teacher at -13.5 change it on about half of the states, and a
         student chasing those labels outputs the same logits for every state
         within about 6,000 steps, where one on the frozen teacher's labels
         of the same states learns (benchmarks/realtime/churn_probe.md).
@@ -359,8 +359,9 @@ class RealtimeDistillation:
     # -- evaluation ----------------------------------------------------------
 
     def agreement(self, frames: np.ndarray) -> dict[str, float]:
-        """Each student's top-1 agreement with the current teacher on `frames`:
-        the share of states where both pick the same action."""
+        """Each student's top-1 agreement with its labels (the live teacher or
+        its average) on `frames`: the share of states where both pick the
+        same action."""
         teacher = np.argmax(np.asarray(self._labeller.predict_on_batch(frames)[0]), axis=1)
         out = {}
         for size, (student, _) in self.students.items():
