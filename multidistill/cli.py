@@ -599,7 +599,8 @@ def eval_protocol_from_flags():
 _RUN_FLAGS = ("num_env_frames", "eval_every_frames", "eval_episodes", "final_eval_episodes",
               "checkpoint_every_s", "seed", "num_threads")
 _DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end", "teacher_start_epsilon")
-_PPO_FLAGS = ("num_envs", "behaviour_epsilon", "lr_horizon_frames", "orthogonal_init")
+_PPO_FLAGS = ("num_envs", "num_minibatches", "behaviour_epsilon", "lr_horizon_frames",
+              "orthogonal_init")
 
 
 def define_teacher_training_flags():
@@ -665,6 +666,13 @@ def define_teacher_training_flags():
                          "PPO only: emulator frames over which the learning rate anneals "
                          "linearly to 0, whatever --num_env_frames is (so a run can be "
                          "extended without a collapsed rate); 0: over --num_env_frames.")
+    flags.DEFINE_integer("num_minibatches", ppo.PPOConfig.num_minibatches,
+                         "PPO only: minibatches (a count) per pass over each rollout of "
+                         "--num_envs x 128 agent steps, so a minibatch holds num_envs x "
+                         "128 / num_minibatches states (CleanRL: 8 environments and 4, "
+                         "256 states; with --num_envs=16 use 8 for the same size and the "
+                         "same number of updates per frame). A run may resume with "
+                         "another value.")
     flags.DEFINE_bool("orthogonal_init", ppo.PPOConfig.orthogonal_init,
                       "PPO only: CleanRL's initialisation (orthogonal kernels: gain sqrt(2) "
                       "in the trunk, 0.01 policy head, 1 value head); off: Keras' default.")

@@ -45,10 +45,14 @@ def test_tiny_run_writes_a_loadable_teacher_and_resumes(tmp_path):
     assert card["training"]["config"]["behaviour_epsilon"] == 0.05
     assert card["evaluation"]["episodes"] == 1 and "mean" in card["evaluation"]
     assert (tmp_path / "ck" / "learning_curve.png").exists()
-    # The same command with a larger budget continues the counters.
-    rc, out = run_cli(_args(tmp_path)[:-6] + ["--num_env_frames=8192"] + _args(tmp_path)[-5:])
+    # The same command with a larger budget continues the counters; a resumed
+    # run may take smaller minibatches (8 of 128 states: 32 updates per rollout).
+    rc, out = run_cli(_args(tmp_path)[:-6] + ["--num_env_frames=8192"] + _args(tmp_path)[-5:]
+                      + ["--num_minibatches=8"])
     assert rc == 0, out
     assert "resuming" in out and "4,128 frames" in out
+    state = checkpoints.read_state(tmp_path / "ck" / "checkpoint.npz")
+    assert state["algo_state"] == {"agent_steps": 2064, "gradient_steps": 16 + 32}
     rows = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().split("\n")
             if x]
     # A resumed PPO run's first rollout also takes the step that closes it.
@@ -77,7 +81,9 @@ def test_bad_flags_are_refused_by_name(tmp_path):
         (_args(tmp_path, "pong", "--num_env_frames=0")[2:],
          "--num_env_frames must be >= 1, found 0"),
         (_args(tmp_path, "pong", "--num_threads=-1")[2:],
-         "--num_threads must be >= 0, found -1")]
+         "--num_threads must be >= 0, found -1"),
+        (_args(tmp_path, "pong", "--num_minibatches=0")[2:],
+         "--num_minibatches must be >= 1, found 0")]
     runs = run_cli_cases("multidistill.train_teacher", "cli.define_teacher_training_flags",
                          [argv for argv, _ in cases])
     for (argv, message), (rc, out) in zip(cases, runs):
