@@ -668,8 +668,9 @@ def define_teacher_training_flags():
                          "extended without a collapsed rate); 0: over --num_env_frames.")
     flags.DEFINE_integer("num_minibatches", ppo.PPOConfig.num_minibatches,
                          "PPO only: minibatches (a count) per pass over each rollout of "
-                         "--num_envs x 128 agent steps, so a minibatch holds num_envs x "
-                         "128 / num_minibatches states (CleanRL: 8 environments and 4, "
+                         f"--num_envs x {ppo.PPOConfig.rollout_length} agent steps, so a "
+                         f"minibatch holds num_envs x {ppo.PPOConfig.rollout_length} / "
+                         "num_minibatches states (CleanRL: 8 environments and 4, "
                          "256 states; with --num_envs=16 use 8 for the same size and the "
                          "same number of updates per frame). A run may resume with "
                          "another value.")
