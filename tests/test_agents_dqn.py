@@ -71,6 +71,11 @@ def test_learning_checkpoint_resume_and_teacher_export(tmp_path):
     assert agent.gradient_steps == sum(r.num_gradient_steps for r in got) == 14
     assert agent.state()["update_credit"] == 0.5
     assert 0.0 < agent.epsilon() < 1.0
+    # Each record carries epsilon at its end: 1 during the warm-up (40 agent
+    # steps), then 1 - 0.95 * (steps - 40) / 100 at 64 and 96 agent steps.
+    assert [r.metrics for r in got] == [
+        {"charts/epsilon": 1.0}, {"charts/epsilon": pytest.approx(1 - 0.95 * 24 / 100)},
+        {"charts/epsilon": pytest.approx(1 - 0.95 * 56 / 100)}]
     # The target network moves only when synced.
     online, target = agent.learner.net, agent.learner.target_net
     steps = agent.gradient_steps

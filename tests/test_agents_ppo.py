@@ -132,6 +132,9 @@ def test_a_rollout_is_closed_by_the_value_of_the_next_step():
     assert agent.gradient_steps == 8 and np.isfinite(first.loss)
     lr = float(np.asarray(agent.optimizer.learning_rate.value))
     assert lr == pytest.approx(2.5e-4 * (1 - 8 / 40))
+    # Each record carries its update's rate, for the learning curves.
+    assert first.metrics == {"charts/learning_rate": pytest.approx(2.5e-4)}
+    assert second.metrics == {"charts/learning_rate": pytest.approx(2.5e-4 * (1 - 8 / 40))}
     # The actions taken are sampled from mu: log mu(a) is finite and <= 0.
     assert all(np.all(s.extras["log_prob"] <= 0) for s in seen)
 

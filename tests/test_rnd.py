@@ -249,10 +249,11 @@ def test_warmup_plays_at_random_and_learns_nothing_then_ppo_starts():
     for s in seen[:9]:
         np.testing.assert_allclose(s.extras["log_prob"], np.log(1 / 6), rtol=1e-6)
     assert not np.allclose(seen[10].extras["log_prob"], np.log(1 / 6))
-    # Then PPO with RND: 2 epochs x 2 minibatches, the bonus logged.
+    # Then PPO with RND: 2 epochs x 2 minibatches, the bonus and the rate logged.
     assert r3.num_gradient_steps == 4 and np.isfinite(r3.loss)
     assert set(r3.metrics) == {"rnd/intrinsic_reward", "rnd/intrinsic_reward_raw",
-                               "rnd/intrinsic_return_std", "rnd/value_intrinsic"}
+                               "rnd/intrinsic_return_std", "rnd/value_intrinsic",
+                               "charts/learning_rate"}
     assert r3.metrics["rnd/intrinsic_reward"] > 0
 
 

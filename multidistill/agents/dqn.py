@@ -212,6 +212,8 @@ class DQN:
       memory: the `replay.ReplayMemory` (not checkpointed).
       agent_steps: agent steps taken so far (over all environments).
       gradient_steps: gradient steps taken so far.
+      metrics: scalars of the last iteration by TensorBoard tag, logged by
+        the runner: `charts/epsilon` (at its end).
     """
 
     kind = "q_values"
@@ -246,6 +248,7 @@ class DQN:
         self._epsilon_final = False  # Started from a teacher at the final epsilon.
         self._iteration_steps = 0
         self._iteration_losses: list[float] = []
+        self.metrics: dict[str, float] = {}
         # Epsilon-z-greedy: steps left in each environment's exploratory run.
         self._explore_left = np.zeros(config.num_envs, dtype=np.int64)
         self._explore_action = np.zeros(config.num_envs, dtype=np.int32)
@@ -384,6 +387,7 @@ class DQN:
         if self._iteration_steps < c.rollout_length:
             return None
         losses, self._iteration_losses, self._iteration_steps = self._iteration_losses, [], 0
+        self.metrics = {"charts/epsilon": self.epsilon()}
         return losses
 
     def close(self) -> None:

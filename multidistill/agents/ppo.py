@@ -276,8 +276,9 @@ class PPO:
       optimizer: Adam with a global gradient-norm clip.
       agent_steps: agent steps taken so far (over all environments).
       gradient_steps: minibatch gradient steps taken so far.
-      metrics: scalars of the last iteration by TensorBoard tag (under RND:
-        `rnd/*`), logged by the runner.
+      metrics: scalars of the last iteration by TensorBoard tag, logged by
+        the runner: `charts/learning_rate` (of the last update), under RND
+        also `rnd/*`.
     """
 
     kind = "logits"
@@ -461,7 +462,11 @@ class PPO:
         if self.rnd is None:
             data_y["returns"] = (adv + b["values"]).reshape(-1)[keep]
         rollout_start = self.agent_steps - b["valid"].size
-        self.optimizer.learning_rate.assign(self.learning_rate(rollout_start))
+        learning_rate = self.learning_rate(rollout_start)
+        self.optimizer.learning_rate.assign(learning_rate)
+        if self.rnd is None:
+            self.metrics = {}
+        self.metrics["charts/learning_rate"] = learning_rate
         size = len(data_y["actions"])
         mb = max(1, size // c.num_minibatches)
         losses = []

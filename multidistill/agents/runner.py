@@ -332,6 +332,8 @@ class Runner:
             self.checkpoint_dir / "metrics.jsonl", self.checkpoint_dir / "learning_curve.png",
             [("episode return", ["charts/episodic_return", "eval/mean_return"]),
              ("loss", ["losses/loss"]),
+             ("learning rate", ["charts/learning_rate"]),
+             ("exploration", ["charts/epsilon"]),
              ("RND bonus (normalised)", ["rnd/intrinsic_reward"]),
              ("rooms", ["rooms/found", "rooms/mean_per_episode"])],
             "emulator frames",
