@@ -42,7 +42,7 @@ settings() {  # The trainer's flags of each game (those of its card's stages).
   case $1 in
     pong) echo "--algo=dqn --eval_every_frames=300000" ;;
     freeway) echo "--algo=dqn --ez_mu=2 --epsilon_end=0.01 --eval_every_frames=250000" ;;
-    qbert) echo "--algo=ppo --num_envs=16 --num_minibatches=8 --eval_every_frames=1000000" ;;
+    qbert) echo "--algo=ppo --num_envs=16 --num_minibatches=8 --lr_horizon_frames=60000000 --eval_every_frames=1000000" ;;
     *) return 1 ;;
   esac
 }
