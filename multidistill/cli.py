@@ -598,9 +598,9 @@ def eval_protocol_from_flags():
 
 _RUN_FLAGS = ("num_env_frames", "eval_every_frames", "eval_episodes", "final_eval_episodes",
               "checkpoint_every_s", "seed", "num_threads")
-_DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end", "teacher_start_epsilon")
+_DQN_FLAGS = ("num_envs", "ez_mu", "epsilon_end", "teacher_start_epsilon", "learning_rate")
 _PPO_FLAGS = ("num_envs", "num_minibatches", "behaviour_epsilon", "lr_horizon_frames",
-              "orthogonal_init")
+              "orthogonal_init", "learning_rate")
 
 
 def define_teacher_training_flags():
@@ -662,6 +662,12 @@ def define_teacher_training_flags():
                        "once the decay is over (in [0, 1]; default the evaluation protocol's "
                        "epsilon, so the uncorrected n-step returns value the policy that is "
                        "scored; Dopamine uses 0.01, Nature DQN 0.1).")
+    flags.DEFINE_float("learning_rate", None,
+                       "Adam step size (a number > 0, no unit; default the algorithm's: "
+                       f"DQN {dqn.DQNConfig.learning_rate:g}, constant; PPO "
+                       f"{ppo.PPOConfig.learning_rate:g}, annealed over --lr_horizon_frames). "
+                       "A run may resume with another value: it trains at the new one from "
+                       "there on.")
     flags.DEFINE_integer("lr_horizon_frames", ppo.PPOConfig.lr_horizon_frames,
                          "PPO only: emulator frames over which the learning rate anneals "
                          "linearly to 0, whatever --num_env_frames is (so a run can be "
@@ -777,9 +783,11 @@ def realtime_config_from_flags(seed: int = 0):
 
 
 def _teacher_config_from_flags(config_class, names):
-    """config_class(**{name: FLAGS.name}); its ValueError as a UsageError naming flags."""
+    """config_class(**{name: FLAGS.name}), those left at None at the class's
+    default; its ValueError as a UsageError naming flags."""
     try:
-        return config_class(**{name: getattr(FLAGS, name) for name in names})
+        return config_class(**{name: getattr(FLAGS, name) for name in names
+                               if getattr(FLAGS, name) is not None})
     except ValueError as e:
         message = str(e)
         for name in names:

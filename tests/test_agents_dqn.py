@@ -108,6 +108,7 @@ def test_learning_checkpoint_resume_and_teacher_export(tmp_path):
     for a, b in zip(weights, agent2.learner.weights):
         np.testing.assert_array_equal(a, np.asarray(b.value))
     assert int(np.asarray(agent2.optimizer.iterations.value)) == state["gradient_steps"]
+    assert float(np.asarray(agent2.optimizer.learning_rate)) == pytest.approx(1e-4)
     records = loop.iterations(agent2, FakeAtari(lengths=(30, 41)), seed=0, frame_skip=4)
     r = next(records)
     assert r.agent_steps == state["agent_steps"] + 32
@@ -197,6 +198,42 @@ def test_checkpoint_layout_is_that_of_the_flat_module():
                          "adam/conv0_kernel_velocity"]
 
 
+def test_a_resume_with_another_learning_rate_trains_at_it(tmp_path):
+    """The checkpoint's Adam variables include the step size it was trained
+    with; the resumed run's config replaces it and keeps the moments."""
+    keras.utils.set_random_seed(0)
+    agent = _tiny_dqn(learning_rate=1e-4)
+    records = loop.iterations(agent, FakeAtari(lengths=(30, 41)), seed=0, frame_skip=4)
+    for _ in range(3):
+        next(records)
+    records.close()
+    ckpt = tmp_path / "ck.npz"
+    checkpoints.save(ckpt, agent.learner, agent.optimizer, {"algo_state": agent.state()})
+    moments = [np.asarray(v).copy() for v in agent.optimizer.variables[2:]]
+
+    def resume(learning_rate):
+        resumed = _tiny_dqn(seed=1, learning_rate=learning_rate)
+        saved = checkpoints.restore(ckpt, resumed.learner, resumed.optimizer)
+        assert float(np.asarray(resumed.optimizer.learning_rate)) == pytest.approx(1e-4)
+        resumed.load_state(saved["algo_state"])
+        for a, b in zip(moments, resumed.optimizer.variables[2:]):
+            np.testing.assert_array_equal(a, np.asarray(b))
+        resumed.memory = agent.memory  # The same minibatch for both (same seed).
+        before = [np.asarray(w.value).copy() for w in resumed.net.weights]
+        resumed.learn_step()
+        return (float(np.asarray(resumed.optimizer.learning_rate)),
+                np.concatenate([(np.asarray(w.value) - b).ravel()
+                                for w, b in zip(resumed.net.weights, before)]))
+
+    same_rate, same_step = resume(1e-4)
+    new_rate, new_step = resume(2.5e-5)
+    assert same_rate == pytest.approx(1e-4) and new_rate == pytest.approx(2.5e-5)
+    # Same gradient and moments: Adam's step scales with the step size alone.
+    assert np.abs(same_step).max() > 0
+    # (Float32 weights of about 0.1 resolve a difference to about 1e-8.)
+    np.testing.assert_allclose(new_step, same_step / 4, rtol=1e-3, atol=5e-8)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match=r"DQNConfig.batch_size must be >= 1, found 0"):
         dqn.DQNConfig(batch_size=0)
@@ -205,6 +242,8 @@ def test_config_rejects_bad_values():
         dqn.DQNConfig(ez_mu=0.5)
     with pytest.raises(ValueError, match=r"DQNConfig.epsilon_end must be in \[0, 1\], found -0.1"):
         dqn.DQNConfig(epsilon_end=-0.1)
+    with pytest.raises(ValueError, match=r"DQNConfig.learning_rate must be > 0, found 0.0"):
+        dqn.DQNConfig(learning_rate=0.0)
     with pytest.raises(ValueError, match=r"replay_capacity=14 is too small for 2 environments"):
         dqn.DQNConfig(replay_capacity=14, num_envs=2)
 

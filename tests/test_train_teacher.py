@@ -83,7 +83,9 @@ def test_bad_flags_are_refused_by_name(tmp_path):
         (_args(tmp_path, "pong", "--num_threads=-1")[2:],
          "--num_threads must be >= 0, found -1"),
         (_args(tmp_path, "pong", "--num_minibatches=0")[2:],
-         "--num_minibatches must be >= 1, found 0")]
+         "--num_minibatches must be >= 1, found 0"),
+        (_args(tmp_path, "pong", "--learning_rate=0")[2:],
+         "--learning_rate must be > 0, found 0.0")]
     runs = run_cli_cases("multidistill.train_teacher", "cli.define_teacher_training_flags",
                          [argv for argv, _ in cases])
     for (argv, message), (rc, out) in zip(cases, runs):
@@ -101,6 +103,7 @@ def test_epsilon_end_reaches_the_dqn_config(tmp_path):
     card = json.loads((tmp_path / "teachers" / "pong.json").read_text())
     assert card["kind"] == "q_values" and card["value"] == "max_q"
     assert card["training"]["config"]["epsilon_end"] == 0.2
+    assert card["training"]["config"]["learning_rate"] == 1e-4  # DQN's default.
     # One iteration of 128 vector steps of 8 environments, all warm-up.
     assert card["training"]["algo_state"] == {"agent_steps": 1024, "gradient_steps": 0,
                                               "update_credit": 0.0, "epsilon_final": False}

@@ -75,7 +75,8 @@ class DQNConfig:
       batch_size: transitions per gradient step.
       n_step: rewards summed before bootstrapping.
       gamma: discount per agent step.
-      learning_rate: Adam step size (constant).
+      learning_rate: Adam step size (constant; a resumed run takes this one, not
+        the checkpoint's).
       adam_epsilon: Adam epsilon.
       target_update_period: gradient steps between copies of the online
         network into the target network.
@@ -136,6 +137,8 @@ class DQNConfig:
         if not (self.ez_mu == 0.0 or self.ez_mu > 1.0):
             raise ValueError(f"DQNConfig.ez_mu must be 0 (plain epsilon-greedy) or > 1, "
                              f"found {self.ez_mu}")
+        if not self.learning_rate > 0.0:
+            raise ValueError(f"DQNConfig.learning_rate must be > 0, found {self.learning_rate}")
         if self.ez_max_repeat < 1:
             raise ValueError(f"DQNConfig.ez_max_repeat must be >= 1, found {self.ez_max_repeat}")
         if self.replay_capacity // self.num_envs <= self.n_step + 4:
@@ -264,7 +267,13 @@ class DQN:
                 "update_credit": self._update_credit, "epsilon_final": self._epsilon_final}
 
     def load_state(self, state: dict) -> None:
-        """Restores the counters of `state()`; weights come from the checkpoint."""
+        """Restores the counters of `state()`; weights come from the checkpoint.
+
+        The step size stays `config.learning_rate`: the checkpoint's optimizer
+        variables hold the step size it was trained with, and a run resumed
+        with another `--learning_rate` must train at the new one.
+        """
+        self.optimizer.learning_rate.assign(self.config.learning_rate)
         self.agent_steps = int(state["agent_steps"])
         self.gradient_steps = int(state.get("gradient_steps", 0))
         self._update_credit = float(state.get("update_credit", 0.0))

@@ -132,6 +132,8 @@ class PPOConfig:
         for name in ("num_envs", "rollout_length", "num_epochs", "num_minibatches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, found {getattr(self, name)}")
+        if not self.learning_rate > 0.0:
+            raise ValueError(f"PPOConfig.learning_rate must be > 0, found {self.learning_rate}")
         if self.lr_horizon_frames < 0:
             raise ValueError(f"PPOConfig.lr_horizon_frames must be >= 0 (0: the run's "
                              f"length), found {self.lr_horizon_frames}")
