@@ -35,13 +35,13 @@
 set -u
 WALL=${WALL:-470}
 GAMES=${GAMES:-pong freeway qbert}
-SOURCE=${SOURCE:-$( [ -d teachers/candidates ] && echo teachers/candidates || echo teachers )}
+SOURCE=${SOURCE:-$( [ -d teachers/candidates ] && echo teachers/candidates || echo teachers )}  # The same files since 2026-12-05.
 OUT=${OUT:-/tmp/gpu_teachers}
 WORK=${WORK:-/tmp/gpu_teachers_work}
 settings() {  # The trainer's flags of each game (those of its card's stages).
   case $1 in
-    pong) echo "--algo=dqn --eval_every_frames=300000" ;;
-    freeway) echo "--algo=dqn --ez_mu=2 --epsilon_end=0.01 --eval_every_frames=250000" ;;
+    pong) echo "--algo=dqn --learning_rate=5e-5 --eval_every_frames=300000" ;;
+    freeway) echo "--algo=dqn --ez_mu=0 --epsilon_end=0.05 --learning_rate=5e-5 --eval_every_frames=250000" ;;
     qbert) echo "--algo=ppo --num_envs=16 --num_minibatches=8 --lr_horizon_frames=60000000 --eval_every_frames=1000000" ;;
     *) return 1 ;;
   esac
