@@ -446,6 +446,7 @@ class PPO:
         """`num_epochs` passes of minibatches over the rollout in the buffers,
         closed by `step`, whose values `last_values` bootstrap the last."""
         c, b = self.config, self._buffers
+        self.metrics = {}
         keep = b["valid"].reshape(-1)
         data_x = b["observations"].reshape((-1,) + b["observations"].shape[2:])[keep]
         if self.rnd is None:
@@ -466,8 +467,6 @@ class PPO:
         rollout_start = self.agent_steps - b["valid"].size
         learning_rate = self.learning_rate(rollout_start)
         self.optimizer.learning_rate.assign(learning_rate)
-        if self.rnd is None:
-            self.metrics = {}
         self.metrics["charts/learning_rate"] = learning_rate
         size = len(data_y["actions"])
         mb = max(1, size // c.num_minibatches)
@@ -518,13 +517,13 @@ class PPO:
         # Non-episodic: no episode end cuts the intrinsic return.
         adv_int = gae(r_int, b["values_intrinsic"], np.zeros_like(b["dones"]), valid,
                       step.extras["value_intrinsic"], r.intrinsic_gamma, c.gae_lambda)
-        self.metrics = {
+        self.metrics.update({
             "rnd/intrinsic_reward": float(r_int[valid].mean()) if valid.any() else 0.0,
             "rnd/intrinsic_reward_raw": float(raw[valid].mean()) if valid.any() else 0.0,
             "rnd/intrinsic_return_std": self.rnd.intrinsic_return_std,
             "rnd/value_intrinsic": float(b["values_intrinsic"][valid].mean())
             if valid.any() else 0.0,
-        }
+        })
         targets = {"returns": (adv_ext + b["values"]).reshape(-1),
                    "returns_intrinsic": (adv_int + b["values_intrinsic"]).reshape(-1),
                    "old_values_intrinsic": b["values_intrinsic"].reshape(-1)}
